@@ -1,0 +1,75 @@
+"""The `peft-slider` command line (also `python -m peft_slider`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+from .architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES
+
+__all__ = ["main"]
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .full_size import FULL_SIZE_MODELS
+    from .inspect_model import format_report, inspect_report, load_meta_model
+
+    if args.list:
+        print("Built-in real-size models:")
+        for name, model in FULL_SIZE_MODELS.items():
+            print(f"  {name:<10} {model.class_name:<32} {model.description}")
+        print("Architectures (class names, family aliases):")
+        for class_name, spec in ARCHITECTURES.items():
+            print(f"  {class_name:<32} {', '.join(spec.aliases):<24} {spec.family}")
+        return 0
+    if args.model is None:
+        raise SystemExit("peft-slider inspect: give a model (e.g. `flux`), or --list.")
+    model, source = load_meta_model(args.model)
+    scopes = SCOPES if args.scope == "both" else (args.scope,)
+    report = inspect_report(model, scopes=scopes, rank=args.rank, variant=args.variant)
+    if args.json:
+        print(json.dumps({"source": source, **report}, indent=2))
+    else:
+        print(format_report(report, source=source))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peft-slider", description="Concept-slider LoRAs for diffusers and PEFT.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="show what a slider adapts on a model (no weights are loaded)",
+        description="Show what a slider adapts on a model: grouped patterns, counts, LoRA parameters, and what is "
+        "skipped as text path. MODEL is a built-in name (" + ", ".join(sorted(FAMILY_ALIASES)) + "), a diffusers "
+        "class name, a local model or pipeline folder, or a Hub id (needs network).",
+    )
+    inspect.add_argument("model", nargs="?", help="built-in name, class name, local folder or Hub id")
+    inspect.add_argument("--scope", choices=(*SCOPES, "both"), default="both")
+    inspect.add_argument("--rank", type=int, default=16, help="LoRA rank for the parameter count (default 16)")
+    inspect.add_argument("--variant", choices=("lora", "lokr", "loha", "full"), default="lora")
+    inspect.add_argument("--json", action="store_true", help="print JSON for machines")
+    inspect.add_argument("--list", action="store_true", help="list the built-in models and known architectures")
+    inspect.set_defaults(handler=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "rank", 1) < 1:
+        parser.error(f"--rank must be >= 1, got {args.rank}")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        return args.handler(args)
+    except (ValueError, TypeError) as error:
+        print(f"peft-slider {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

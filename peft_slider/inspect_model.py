@@ -1,0 +1,180 @@
+"""`peft-slider inspect`: show what a slider would adapt on a model, without loading any weights."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from torch import nn
+
+from .architectures import SCOPES
+from .targets import (
+    TargetingError,
+    count_lora_parameters,
+    find_architecture,
+    group_module_names,
+    resolve_targets,
+    unwrap_denoiser,
+)
+
+__all__ = ["inspect_report", "load_meta_model", "format_report"]
+
+_DENOISER_COMPONENTS = ("transformer", "unet", "prior", "decoder", "controlnet")
+
+
+def load_meta_model(source: str) -> tuple[nn.Module, str]:
+    """Build a model's module tree on the meta device from a built-in name, a local folder or a Hub id.
+
+    Args:
+        source (`str`):
+            A built-in name (``"flux"``, ``"sdxl"``, a diffusers class name), a local folder holding a model's
+            ``config.json`` or a pipeline's ``model_index.json``, or a Hub repo id (needs network).
+
+    Returns:
+        `(model, description)`.
+    """
+    from .full_size import FULL_SIZE_MODELS, build_meta_model
+
+    path = Path(source)
+    if path.is_dir():
+        return _from_config_dir(path), str(path)
+    if source.lower() in FULL_SIZE_MODELS or _is_known_name(source):
+        return build_meta_model(source)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+        return _from_hub(source), f"Hub repo {source}"
+    raise ValueError(
+        f"`model` {source!r} is neither a built-in name, a local folder, nor a Hub id (owner/name). "
+        "Run `peft-slider inspect --list` for the built-in names."
+    )
+
+
+def _is_known_name(source: str) -> bool:
+    try:
+        find_architecture(source)
+    except TargetingError:
+        return False
+    return True
+
+
+def _build_from_config(config: dict) -> nn.Module:
+    import diffusers
+    import torch
+
+    class_name = config.get("_class_name")
+    cls = getattr(diffusers, class_name or "", None)
+    if cls is None:
+        raise TargetingError(
+            f"config.json names class {class_name!r}, which this diffusers ({diffusers.__version__}) does not have."
+        )
+    find_architecture(cls)  # unknown classes get the table's message before anything is built
+    with torch.device("meta"):
+        return cls.from_config(config)
+
+
+def _from_config_dir(path: Path) -> nn.Module:
+    if (path / "model_index.json").is_file():
+        index = json.loads((path / "model_index.json").read_text())
+        for component in _DENOISER_COMPONENTS:
+            if component in index and (path / component / "config.json").is_file():
+                return _build_from_config(json.loads((path / component / "config.json").read_text()))
+        raise ValueError(f"{path / 'model_index.json'} names no denoiser among {list(_DENOISER_COMPONENTS)}.")
+    if (path / "config.json").is_file():
+        return _build_from_config(json.loads((path / "config.json").read_text()))
+    raise ValueError(f"Folder {str(path)!r} holds neither config.json nor model_index.json.")
+
+
+def _from_hub(repo_id: str) -> nn.Module:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        index_file = hf_hub_download(repo_id, "model_index.json")
+    except EntryNotFoundError:
+        return _build_from_config(json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text()))
+    except Exception as error:  # offline, unknown repo, gated repo: say so plainly
+        raise ValueError(f"Could not read {repo_id!r} from the Hub: {type(error).__name__}: {error}") from error
+    index = json.loads(Path(index_file).read_text())
+    for component in _DENOISER_COMPONENTS:
+        if component in index:
+            config_file = hf_hub_download(repo_id, f"{component}/config.json")
+            return _build_from_config(json.loads(Path(config_file).read_text()))
+    raise ValueError(f"{repo_id}'s model_index.json names no denoiser among {list(_DENOISER_COMPONENTS)}.")
+
+
+def inspect_report(model: nn.Module, *, scopes: tuple[str, ...] = SCOPES, rank: int = 16, variant: str = "lora"):
+    """What a slider adapts on `model`, per scope, as a JSON-ready dict.
+
+    Example:
+
+    ```py
+    >>> from peft_slider.inspect_model import inspect_report, load_meta_model
+    >>> model, _ = load_meta_model("flux")
+    >>> report = inspect_report(model, rank=16)
+    >>> report["scopes"]["visual"]["modules"], report["scopes"]["joint"]["modules"]
+    (80, 232)
+    ```
+    """
+    denoiser = unwrap_denoiser(model)
+    spec = find_architecture(denoiser)
+    modules = dict(denoiser.named_modules())
+    report: dict = {
+        "class_name": spec.class_name,
+        "family": spec.family,
+        "rank": rank,
+        "variant": variant,
+        "adaptable_modules": sum(
+            isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in modules.values()
+        ),
+        "scopes": {},
+    }
+    targets = None
+    for scope in scopes:
+        targets = resolve_targets(model=denoiser, scope=scope, variant=variant)
+        groups = []
+        for rule in spec.rules_for(scope):
+            pattern = re.compile(rule.pattern)
+            hits = [name for name in targets.modules if pattern.fullmatch(name)]
+            for group, count in group_module_names(hits).items():
+                groups.append({"pattern": group, "count": count, "role": rule.role, "note": rule.note})
+        report["scopes"][scope] = {
+            "modules": len(targets.modules),
+            "trainable_parameters": _trainable_parameters(denoiser, targets.modules, rank, variant),
+            "groups": groups,
+            "target_modules": targets.regex,
+        }
+    report["text_path_skipped"] = {
+        "modules": len(targets.text_path) if targets else 0,
+        "groups": [
+            {"pattern": p, "count": c} for p, c in group_module_names(targets.text_path if targets else ()).items()
+        ],
+    }
+    report["note"] = spec.note
+    return report
+
+
+def _trainable_parameters(model: nn.Module, names: tuple[str, ...], rank: int, variant: str) -> int:
+    if variant == "full":
+        modules = dict(model.named_modules())
+        return sum(modules[name].weight.numel() for name in names)
+    # LoKr/LoHa factorisations differ in size from LoRA's; the LoRA count is the comparable figure for all three.
+    return count_lora_parameters(model, names, rank)
+
+
+def format_report(report: dict, *, source: str) -> str:
+    """Render `inspect_report`'s dict for a terminal."""
+    lines = [f"{report['class_name']} ({report['family']}), module tree from {source}"]
+    lines.append(f"  {report['adaptable_modules']} Linear/Conv modules in all")
+    for scope, data in report["scopes"].items():
+        lines.append(
+            f"\nscope={scope}: {data['modules']} modules, {report['variant']} r={report['rank']}: "
+            f"{data['trainable_parameters']:,} trainable parameters"
+        )
+        for group in data["groups"]:
+            lines.append(f"  {group['role']:<9} {group['pattern']:<64} x{group['count']:<4} {group['note']}")
+    skipped = report["text_path_skipped"]
+    lines.append(f"\nskipped as text path: {skipped['modules']} modules")
+    for group in skipped["groups"]:
+        lines.append(f"  {group['pattern']:<74} x{group['count']}")
+    lines.append(f"\nvs the seed lists: {report['note']}")
+    return "\n".join(lines)

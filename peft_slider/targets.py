@@ -1,0 +1,285 @@
+"""Target resolution: turn the architecture table into PEFT `target_modules` for one model, family or any model."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from torch import nn
+
+from .architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES, ArchitectureSpec
+
+__all__ = [
+    "SliderTargets",
+    "TargetingError",
+    "find_architecture",
+    "group_module_names",
+    "resolve_targets",
+    "text_path_modules",
+    "universal_target_regex",
+]
+
+# Module types each adapter variant can wrap (PEFT 0.21: LoRA handles Conv3d, LoKr/LoHa do not).
+_ADAPTABLE: dict[str, tuple[type[nn.Module], ...]] = {
+    "lora": (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    "lokr": (nn.Linear, nn.Conv1d, nn.Conv2d),
+    "loha": (nn.Linear, nn.Conv1d, nn.Conv2d),
+    "full": (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d),
+}
+
+
+class TargetingError(ValueError):
+    """A slider's targets cannot be resolved as asked (unknown family, a rule matching nothing, ...)."""
+
+
+@dataclass(frozen=True)
+class SliderTargets:
+    """The result of resolving a slider's targets.
+
+    Args:
+        class_name (`str` or `None`): The diffusers class of the architecture, `None` for the universal rules.
+        scope (`str`): ``"visual"`` or ``"joint"``.
+        regex (`str`): One regular expression (PEFT `re.fullmatch` semantics) covering every rule in force.
+        modules (`tuple[str, ...]` or `None`): The exact module names, when resolved against a model. `regex`
+            matches exactly these there (a plain name list would not: PEFT also matches a name's `.`-suffixes, so
+            `proj_out` would hit Flux's single-stream `single_transformer_blocks.N.proj_out`).
+        text_path (`tuple[str, ...]`): Module names skipped as text path, when resolved against a model.
+    """
+
+    class_name: str | None
+    scope: str
+    regex: str
+    modules: tuple[str, ...] | None = None
+    text_path: tuple[str, ...] = ()
+
+
+def _join(patterns: Iterable[str]) -> str:
+    return "(?:" + "|".join(f"(?:{pattern})" for pattern in patterns) + ")"
+
+
+def _check_scope(scope: str) -> None:
+    if scope not in SCOPES:
+        raise TargetingError(f"`scope` must be one of {list(SCOPES)}, got {scope!r}.")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in _ADAPTABLE:
+        raise TargetingError(f"`variant` must be one of {sorted(_ADAPTABLE)}, got {variant!r}.")
+
+
+def _unknown_architecture_message(what: str) -> str:
+    known = ", ".join(sorted(ARCHITECTURES))
+    aliases = ", ".join(sorted(FAMILY_ALIASES))
+    return (
+        f"{what} is not in peft_slider's architecture table. Known classes: {known}. Known family names: {aliases}. "
+        "For another model pass `target_modules=[...]` by hand (for example its self-attention q/k/v/out "
+        "projections), or open an issue with the output of `peft-slider inspect`."
+    )
+
+
+def find_architecture(obj: object) -> ArchitectureSpec:
+    """Look up the table row for a model, a pipeline, a class, a class name or a family alias.
+
+    Args:
+        obj (`nn.Module`, `DiffusionPipeline`, `type` or `str`):
+            A diffusers denoiser (PEFT-wrapped or not), a pipeline (its `transformer` or `unet` is used), a class, a
+            class name (``"FluxTransformer2DModel"``) or a family alias (``"flux"``, ``"sdxl"``).
+
+    Raises:
+        `TargetingError`: the architecture is not in the table; the message lists the known ones.
+
+    Example:
+
+    ```py
+    >>> from peft_slider.targets import find_architecture
+    >>> find_architecture("flux").class_name
+    'FluxTransformer2DModel'
+    ```
+    """
+    if isinstance(obj, str):
+        name = FAMILY_ALIASES.get(obj.lower(), obj)
+        if name in ARCHITECTURES:
+            return ARCHITECTURES[name]
+        raise TargetingError(_unknown_architecture_message(f"`architecture` {obj!r}"))
+    cls = obj if isinstance(obj, type) else type(unwrap_denoiser(obj))
+    for klass in cls.__mro__:
+        if klass.__name__ in ARCHITECTURES:
+            return ARCHITECTURES[klass.__name__]
+    raise TargetingError(_unknown_architecture_message(f"Model class {cls.__name__!r}"))
+
+
+def unwrap_denoiser(obj: object) -> nn.Module:
+    """The plain denoiser behind a pipeline or a `PeftModel`."""
+    for attribute in ("transformer", "unet", "prior", "decoder"):
+        # Pipelines expose their denoiser under one of these names; modules named so are not pipelines.
+        candidate = getattr(obj, attribute, None)
+        if not isinstance(obj, nn.Module) and isinstance(candidate, nn.Module):
+            obj = candidate
+            break
+    get_base_model = getattr(obj, "get_base_model", None)
+    if callable(get_base_model):
+        obj = get_base_model()
+    if not isinstance(obj, nn.Module):
+        raise TypeError(f"`model` must be a torch module or a diffusers pipeline, got {type(obj).__name__}.")
+    return obj
+
+
+@cache
+def universal_target_regex(scope: str = "visual", variant: str = "lora") -> str:
+    """One regex for every architecture in the table, for when the model is not known in advance.
+
+    It is the union of every row's rules, less the rules marked ``universal=False`` (names that mean a text-path
+    module on another family: SD3.5's second self-attention ``attn2`` is text cross-attention on PixArt), and less
+    ``Conv3d`` rules for LoKr/LoHa. Passing ``model=`` or ``architecture=`` resolves those too.
+    """
+    _check_scope(scope)
+    _check_variant(variant)
+    patterns: list[str] = []
+    for spec in ARCHITECTURES.values():
+        for rule in spec.rules_for(scope):
+            if rule.universal and not (rule.conv3d and variant in ("lokr", "loha")) and rule.pattern not in patterns:
+                patterns.append(rule.pattern)
+    return _join(patterns)
+
+
+def _spec_regex(spec: ArchitectureSpec, scope: str, variant: str) -> str:
+    rules = spec.rules_for(scope)
+    return _join(rule.pattern for rule in rules if not (rule.conv3d and variant in ("lokr", "loha")))
+
+
+def text_path_modules(names: Iterable[str], spec: ArchitectureSpec) -> list[str]:
+    """The names among `names` that `spec` classes as text path."""
+    pattern = re.compile(_join(spec.text_path))
+    return [name for name in names if pattern.fullmatch(name)]
+
+
+def group_module_names(names: Iterable[str]) -> dict[str, int]:
+    """Group module names by pattern, block indices replaced by ``*``: ``{"transformer_blocks.*.attn.to_q": 19}``."""
+    counts: Counter[str] = Counter()
+    for name in names:
+        counts[re.sub(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)", "*", name)] += 1
+    return dict(counts)
+
+
+def resolve_targets(
+    *,
+    model: object | None = None,
+    architecture: str | None = None,
+    scope: str = "visual",
+    variant: str = "lora",
+) -> SliderTargets:
+    """Resolve what a slider adapts.
+
+    With `model`, the rules are matched against its module names and checked: every rule that is not optional must
+    match a module, every image-stream attention block (and, for ``scope="joint"``, every single-stream block) must
+    receive a target, and no target may be on the text path. With only `architecture`, the row's regex is returned.
+    With neither, the universal regex (see `universal_target_regex`).
+
+    Args:
+        model (`nn.Module` or pipeline, *optional*):
+            The denoiser (or a pipeline, or a PEFT-wrapped denoiser) to resolve against.
+        architecture (`str`, *optional*):
+            A class name from the table or a family alias. Must agree with `model` when both are given.
+        scope (`str`, *optional*, defaults to `"visual"`):
+            ``"visual"``: image-token self-attention, image-only io and timestep layers. ``"joint"``: also the
+            attention of single-stream blocks over concatenated text + image tokens.
+        variant (`str`, *optional*, defaults to `"lora"`):
+            ``"lora"``, ``"lokr"``, ``"loha"`` or ``"full"``: drops module types the variant cannot adapt.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from diffusers import FluxTransformer2DModel
+    >>> from peft_slider.targets import resolve_targets
+    >>> with torch.device("meta"):
+    ...     flux = FluxTransformer2DModel()  # FLUX.1 layout: 19 double + 38 single blocks
+    >>> targets = resolve_targets(model=flux)
+    >>> len(targets.modules)
+    80
+    ```
+    """
+    _check_scope(scope)
+    _check_variant(variant)
+    spec = find_architecture(architecture) if architecture is not None else None
+    if model is None:
+        if spec is None:
+            return SliderTargets(class_name=None, scope=scope, regex=universal_target_regex(scope, variant))
+        return SliderTargets(class_name=spec.class_name, scope=scope, regex=_spec_regex(spec, scope, variant))
+
+    denoiser = unwrap_denoiser(model)
+    model_spec = find_architecture(denoiser)
+    if spec is not None and spec.class_name != model_spec.class_name:
+        raise TargetingError(
+            f"`architecture` {architecture!r} ({spec.class_name}) disagrees with `model`, a "
+            f"{type(denoiser).__name__} ({model_spec.class_name}). Pass one of them, or matching ones."
+        )
+    spec = model_spec
+    modules = dict(denoiser.named_modules())
+    adaptable = _ADAPTABLE[variant]
+    rules = [rule for rule in spec.rules_for(scope) if not (rule.conv3d and variant in ("lokr", "loha"))]
+    matched: list[str] = []
+    for rule in rules:
+        pattern = re.compile(rule.pattern)
+        hits = [name for name in modules if pattern.fullmatch(name)]
+        if not hits and not rule.optional:
+            raise TargetingError(
+                f"Rule {rule.pattern!r} ({rule.role}) of {spec.class_name} matched no module of this "
+                f"{type(denoiser).__name__}: its module names differ from the ones peft_slider knows. Pass "
+                "`target_modules=[...]` by hand and report the model."
+            )
+        for name in hits:
+            if not isinstance(modules[name], adaptable):
+                raise TargetingError(
+                    f"Rule {rule.pattern!r} of {spec.class_name} matched {name!r}, a {type(modules[name]).__name__}, "
+                    f"which a {variant} adapter cannot wrap."
+                )
+        matched.extend(name for name in hits if name not in matched)
+
+    skipped = text_path_modules(modules, spec)
+    leaked = sorted(set(matched) & set(skipped))
+    if leaked:
+        raise TargetingError(f"Internal table error: {spec.class_name} rules hit text-path modules {leaked}.")
+    _check_block_coverage(modules, matched, spec, scope)
+    order = {name: index for index, name in enumerate(modules)}
+    matched.sort(key=order.__getitem__)
+    return SliderTargets(
+        class_name=spec.class_name,
+        scope=scope,
+        regex=_spec_regex(spec, scope, variant),
+        modules=tuple(matched),
+        text_path=tuple(name for name in skipped if isinstance(modules[name], (nn.Linear, nn.Conv1d, nn.Conv2d))),
+    )
+
+
+def _check_block_coverage(modules: dict[str, nn.Module], matched: list[str], spec: ArchitectureSpec, scope: str):
+    block_pattern = re.compile(_join(spec.blocks_for(scope)))
+    blocks = [name for name in modules if block_pattern.fullmatch(name)]
+    if not blocks:
+        raise TargetingError(f"No image-stream attention block of {spec.class_name} was found in the model.")
+    uncovered = [block for block in blocks if not any(name.startswith(block + ".") for name in matched)]
+    if uncovered:
+        raise TargetingError(
+            f"Attention blocks of {spec.class_name} received no slider target: {uncovered[:5]}"
+            f"{' ...' if len(uncovered) > 5 else ''}."
+        )
+
+
+def count_lora_parameters(model: nn.Module, names: Iterable[str], rank: int) -> int:
+    """The number of LoRA parameters (A and B) that `rank`-`rank` adapters on `names` add. Works on meta tensors."""
+    total = 0
+    modules = dict(model.named_modules())
+    for name in names:
+        module = modules[name]
+        if isinstance(module, nn.Linear):
+            total += rank * (module.in_features + module.out_features)
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            kernel = int(torch.tensor(module.kernel_size).prod())
+            total += rank * (module.in_channels * kernel + module.out_channels)
+        else:
+            raise TypeError(f"Cannot count LoRA parameters of {name!r}, a {type(module).__name__}.")
+    return total
