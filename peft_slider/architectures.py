@@ -28,6 +28,8 @@ __all__ = ["ARCHITECTURES", "FAMILY_ALIASES", "ArchitectureSpec", "Rule", "SCOPE
 SCOPES = ("visual", "joint")
 
 _QKVO = r"(to_q|to_k|to_v|to_out\.0)"
+# HiDream's `x_embedder` is a wrapper module (PEFT refuses it), so the bare name is kept out of the universal regex.
+_X_EMBEDDER = "x_embedder"
 _UNET_TRANSFORMER = r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.attentions\.\d+"
 
 
@@ -173,7 +175,7 @@ def _flux(
     rules = [
         Rule(rf"transformer_blocks\.\d+\.attn\.{_QKVO}", "attention", note="double blocks, image stream"),
         Rule(r"transformer_blocks\.\d+\.attn\.to_qkv", "attention", optional=True, note="fused image-stream q/k/v"),
-        Rule(r"x_embedder", "io", note="patch embedding"),
+        Rule(_X_EMBEDDER, "io", universal=False, note="patch embedding"),
         Rule(r"time_text_embed\.timestep_embedder\.linear_[12]", "time"),
         Rule(r"single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_qkv)", "joint", note="single-stream q/k/v"),
         Rule(
@@ -247,16 +249,25 @@ def _cross_attention_dit(
 
 
 def _refiner_dit(
-    class_name: str, family: str, *, attn: str, io: tuple[str, ...], time: str, text: tuple[str, ...], aliases=()
+    class_name: str,
+    family: str,
+    *,
+    attn: str,
+    patch: Rule,
+    final: Rule,
+    time: str,
+    text: tuple[str, ...],
+    aliases=(),
 ) -> ArchitectureSpec:
     return ArchitectureSpec(
         class_name=class_name,
         family=family,
         rules=(
             Rule(rf"noise_refiner\.\d+\.{attn}\.{_QKVO}", "attention", note="image-only refiner layers"),
-            *(Rule(pattern, "io", note="patch in / final out") for pattern in io),
+            patch,
             Rule(time, "time"),
             Rule(rf"layers\.\d+\.{attn}\.{_QKVO}", "joint", note="main layers over the unified text+image sequence"),
+            final,
         ),
         text_path=(r"context_refiner\..*", *text),
         attention_blocks=(rf"noise_refiner\.\d+\.{attn}",),
@@ -284,7 +295,7 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         rules=(
             Rule(rf"transformer_blocks\.\d+\.attn\.{_QKVO}", "attention", note="double blocks, image stream"),
             Rule(r"transformer_blocks\.\d+\.attn\.to_qkv", "attention", optional=True, note="fused q/k/v"),
-            Rule(r"x_embedder", "io", note="patch embedding"),
+            Rule(_X_EMBEDDER, "io", universal=False, note="patch embedding"),
             Rule(r"proj_out", "io", note="final projection"),
             Rule(r"distilled_guidance_layer\.(in_proj|out_proj)", "time", note="timestep/guidance approximator"),
             Rule(r"single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_qkv)", "joint"),
@@ -302,10 +313,17 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         family="FLUX.2",
         rules=(
             Rule(rf"transformer_blocks\.\d+\.attn\.{_QKVO}", "attention", note="double blocks, image stream"),
-            Rule(r"x_embedder", "io", note="patch embedding"),
+            Rule(_X_EMBEDDER, "io", universal=False, note="patch embedding"),
             Rule(r"proj_out", "io", note="final projection"),
             Rule(r"time_guidance_embed\.timestep_embedder\.linear_[12]", "time"),
-            Rule(r"single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)", "joint", note="fused q/k/v+MLP"),
+            Rule(r"single_transformer_blocks\.\d+\.attn\.to_qkv_mlp_proj", "joint", note="fused q/k/v + MLP input"),
+            # On AuraFlow the same name is a ModuleList (PEFT refuses it), hence universal=False.
+            Rule(
+                r"single_transformer_blocks\.\d+\.attn\.to_out",
+                "joint",
+                universal=False,
+                note="fused attention + MLP output",
+            ),
         ),
         text_path=_mmdit_text_path("transformer_blocks") + (r"double_stream_modulation_txt\..*",),
         attention_blocks=(r"transformer_blocks\.\d+\.attn",),
@@ -335,7 +353,9 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         "ZImageTransformer2DModel",
         "Z-Image",
         attn="attention",
-        io=(r"all_x_embedder\.[^.]+", r"all_final_layer\.[^.]+\.linear"),
+        patch=Rule(r"all_x_embedder\.[^.]+", "io", note="patch embedding"),
+        # The final layer runs on the unified text + image sequence before the image part is cut out.
+        final=Rule(r"all_final_layer\.[^.]+\.linear", "joint", note="final projection, over text + image tokens"),
         time=r"t_embedder\.mlp\.[02]",
         text=(r"cap_embedder\..*",),
         aliases=("zimage", "z-image"),
@@ -345,7 +365,9 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         "Lumina2Transformer2DModel",
         "Lumina 2",
         attn="attn",
-        io=(r"x_embedder", r"norm_out\.linear_2"),
+        patch=Rule(_X_EMBEDDER, "io", universal=False, note="patch embedding"),
+        # Runs on the unified sequence; on Cosmos the same name is an adaLN modulation, hence universal=False.
+        final=Rule(r"norm_out\.linear_2", "joint", universal=False, note="final projection, over text + image"),
         time=r"time_caption_embed\.timestep_embedder\.linear_[12]",
         text=(r"time_caption_embed\.caption_embedder\..*",),
         aliases=("lumina2",),
