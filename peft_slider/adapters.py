@@ -1,0 +1,445 @@
+# Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
+"""Which adapters of a model are sliders, and frozen "assistant" adapters that run beside them.
+
+A slider is the adapter being trained: it has trainable parameters. An assistant is an adapter loaded beside it,
+frozen and always on, for example the training adapter that lets a few-step distilled model (Z-Image Turbo,
+FLUX.1-schnell) be fine-tuned without losing its distillation. The assistant must never be scaled by the slider's
+strength and never trained; the helpers here load it, freeze it and keep it frozen when adapters are (re)activated,
+because PEFT's `set_adapter` makes every adapter it activates trainable.
+
+Works for a [`~peft.PeftModel`] and for a model that carries adapters directly (a diffusers model after
+`model.add_adapter(config, adapter_name=...)` or `pipe.load_lora_weights(...)`, or any module after
+[`~peft.inject_adapter_in_model`]). Only torch and PEFT are imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+
+import torch
+from peft import PeftConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+__all__ = [
+    "activate_adapters",
+    "active_adapter_names",
+    "adapter_names",
+    "add_assistant_adapter",
+    "freeze_adapter",
+    "frozen_adapter_names",
+    "slider_adapter_names",
+]
+
+# PEFT's save_pretrained writes these two files; anything else in a folder is treated as a diffusers LoRA file.
+_PEFT_CONFIG_NAME = "adapter_config.json"
+_PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+_PEFT_KEY_PREFIX = "base_model.model."
+# The file diffusers' `save_lora_adapter` and pipelines' `save_lora_weights` write.
+_DIFFUSERS_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+
+def _tuner_layers(model: nn.Module) -> Iterator[tuple[str, BaseTunerLayer]]:
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            yield name, module
+
+
+def _layer_adapter_params(layer: BaseTunerLayer) -> Iterator[tuple[str, nn.Parameter]]:
+    """Yields (adapter name, parameter) for every adapter parameter a tuner layer holds."""
+    for attr in layer.adapter_layer_names:
+        container = getattr(layer, attr, None)
+        if isinstance(container, nn.ModuleDict):
+            for adapter, module in container.items():
+                for param in module.parameters():
+                    yield adapter, param
+        elif isinstance(container, nn.ParameterDict):
+            for adapter, param in container.items():
+                yield adapter, param
+
+
+def _adapter_trainability(model: nn.Module) -> dict[str, bool]:
+    """Maps each adapter name, in the order first met, to whether any of its parameters requires grad."""
+    trainable: dict[str, bool] = {}
+    for _, layer in _tuner_layers(model):
+        for adapter, param in _layer_adapter_params(layer):
+            trainable[adapter] = trainable.get(adapter, False) or param.requires_grad
+    return trainable
+
+
+def adapter_names(model: nn.Module) -> list[str]:
+    """
+    Names of all adapters (of any PEFT tuner type) injected into `model`, sorted.
+
+    Args:
+        model (`torch.nn.Module`):
+            A [`~peft.PeftModel`], or a model carrying adapters directly (for example a diffusers model).
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from peft import LoraConfig, get_peft_model
+    >>> from peft_slider.adapters import adapter_names
+    >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
+    >>> adapter_names(model)
+    ['default']
+
+    ```
+    """
+    return sorted(_adapter_trainability(model))
+
+
+def slider_adapter_names(model: nn.Module) -> list[str]:
+    """
+    Names of the slider adapters of `model`: those with at least one trainable parameter (`requires_grad`), sorted.
+
+    A frozen assistant adapter is never among them. Adapters loaded by diffusers (`load_lora_weights`,
+    `load_lora_adapter`) are trainable until frozen, even when inactive.
+
+    Args:
+        model (`torch.nn.Module`):
+            A [`~peft.PeftModel`], or a model carrying adapters directly (for example a diffusers model).
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from peft import LoraConfig, get_peft_model
+    >>> from peft_slider.adapters import slider_adapter_names
+    >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
+    >>> slider_adapter_names(model)
+    ['default']
+
+    ```
+    """
+    return sorted(name for name, trainable in _adapter_trainability(model).items() if trainable)
+
+
+def frozen_adapter_names(model: nn.Module) -> list[str]:
+    """
+    Names of the adapters of `model` with no trainable parameter, sorted.
+
+    Args:
+        model (`torch.nn.Module`):
+            A [`~peft.PeftModel`], or a model carrying adapters directly (for example a diffusers model).
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from peft import LoraConfig, get_peft_model
+    >>> from peft_slider.adapters import freeze_adapter, frozen_adapter_names
+    >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
+    >>> freeze_adapter(model, "default")
+    >>> frozen_adapter_names(model)
+    ['default']
+
+    ```
+    """
+    return sorted(name for name, trainable in _adapter_trainability(model).items() if not trainable)
+
+
+def active_adapter_names(model: nn.Module) -> list[str]:
+    """
+    Names of the adapters active in at least one tuner layer of `model`, in the order the layers list them.
+
+    Args:
+        model (`torch.nn.Module`):
+            A [`~peft.PeftModel`], or a model carrying adapters directly (for example a diffusers model).
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from peft import LoraConfig, get_peft_model
+    >>> from peft_slider.adapters import active_adapter_names
+    >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
+    >>> active_adapter_names(model)
+    ['default']
+
+    ```
+    """
+    active: dict[str, None] = {}
+    for _, layer in _tuner_layers(model):
+        for name in layer.active_adapters:
+            active.setdefault(name, None)
+    return list(active)
+
+
+def _as_name_list(value: str | Sequence[str], argument: str) -> list[str]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, Sequence) or not all(isinstance(n, str) and n for n in names):
+        raise TypeError(f"`{argument}` must be an adapter name or a list of adapter names, got {value!r}.")
+    return list(dict.fromkeys(names))
+
+
+def _check_known(model: nn.Module, names: Sequence[str], argument: str) -> None:
+    known = adapter_names(model)
+    for name in names:
+        if name not in known:
+            raise ValueError(
+                f"Unknown adapter {name!r} in `{argument}`: {type(model).__name__} has the adapters {known}."
+            )
+
+
+def freeze_adapter(model: nn.Module, adapter_name: str) -> None:
+    """
+    Sets `requires_grad=False` on every parameter of one adapter, in every tuner layer of `model`.
+
+    This does not change which adapters are active. PEFT's and diffusers' `set_adapter` make the adapters they
+    activate trainable again; use [`activate_adapters`] to activate a frozen adapter and keep it frozen.
+
+    Args:
+        model (`torch.nn.Module`):
+            A [`~peft.PeftModel`], or a model carrying adapters directly (for example a diffusers model).
+        adapter_name (`str`):
+            The adapter to freeze.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from peft import LoraConfig, get_peft_model
+    >>> from peft_slider.adapters import freeze_adapter, slider_adapter_names
+    >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
+    >>> freeze_adapter(model, "default")
+    >>> slider_adapter_names(model)
+    []
+
+    ```
+    """
+    _check_known(model, _as_name_list(adapter_name, "adapter_name"), "adapter_name")
+    for _, layer in _tuner_layers(model):
+        for adapter, param in _layer_adapter_params(layer):
+            if adapter == adapter_name:
+                param.requires_grad_(False)
+
+
+def _set_active(model: nn.Module, names: list[str]) -> None:
+    if isinstance(model, PeftModel):
+        # The tuner keeps its own `active_adapter` record (used by save/merge); set it through the tuner.
+        model.base_model.set_adapter(names)
+    else:
+        # What diffusers' `PeftAdapterMixin.set_adapter` does, without its check that `names` come from one loader.
+        for _, layer in _tuner_layers(model):
+            layer.set_adapter(names)
+
+
+def activate_adapters(
+    model: nn.Module, *, slider: str | Sequence[str], frozen: str | Sequence[str] = (), trainable: bool = True
+) -> None:
+    """
+    Makes the slider adapter(s) and the frozen adapter(s) active together; only the slider is trainable.
+
+    All other adapters are deactivated and frozen. PEFT's `set_adapter` marks every adapter it activates as trainable,
+    so the frozen adapters are frozen again right after.
+
+    Args:
+        model (`torch.nn.Module`):
+            A [`~peft.PeftModel`], or a model carrying adapters directly (for example a diffusers model).
+        slider (`str` or `list[str]`):
+            The slider adapter(s): active, and trainable unless `trainable=False`.
+        frozen (`str` or `list[str]`, *optional*, defaults to `()`):
+            Adapters that stay active but frozen, such as an assistant adapter.
+        trainable (`bool`, *optional*, defaults to `True`):
+            Whether the slider adapters are trainable. Pass `False` at inference.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from peft import LoraConfig, get_peft_model
+    >>> from peft_slider.adapters import activate_adapters, active_adapter_names, slider_adapter_names
+    >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
+    >>> model.add_adapter("assistant", LoraConfig(target_modules=["0"]))
+    >>> activate_adapters(model, slider="default", frozen=["assistant"])
+    >>> active_adapter_names(model), slider_adapter_names(model)
+    (['default', 'assistant'], ['default'])
+
+    ```
+    """
+    slider_names = _as_name_list(slider, "slider")
+    frozen_names = _as_name_list(frozen, "frozen")
+    if not slider_names:
+        raise ValueError("`slider` must name at least one adapter, got an empty list.")
+    overlap = sorted(set(slider_names) & set(frozen_names))
+    if overlap:
+        raise ValueError(f"Adapters {overlap} are in both `slider` and `frozen`; an adapter is one or the other.")
+    _check_known(model, slider_names, "slider")
+    _check_known(model, frozen_names, "frozen")
+
+    _set_active(model, slider_names + frozen_names)
+    frozen_set = set(frozen_names) if trainable else set(frozen_names) | set(slider_names)
+    for _, layer in _tuner_layers(model):
+        for adapter, param in _layer_adapter_params(layer):
+            if adapter in frozen_set:
+                param.requires_grad_(False)
+
+
+def _read_peft_folder(folder: str) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    weights = os.path.join(folder, _PEFT_WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        raise ValueError(f"`source` folder {folder!r} has {_PEFT_CONFIG_NAME} but no {_PEFT_WEIGHTS_NAME}.")
+    with open(os.path.join(folder, _PEFT_CONFIG_NAME), encoding="utf-8") as f:
+        config_dict = json.load(f)
+    config = PeftConfig.from_peft_type(**config_dict)
+    return config, load_file(weights)
+
+
+def _lora_file_in(folder: str) -> str:
+    """The LoRA file of a diffusers folder: `pytorch_lora_weights.safetensors`, or its only `.safetensors` file."""
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    if _DIFFUSERS_WEIGHTS_NAME in files:
+        return _DIFFUSERS_WEIGHTS_NAME
+    if len(files) == 1:
+        return files[0]
+    found = f"the .safetensors files {files}" if files else "no .safetensors file"
+    raise ValueError(
+        f"`source` folder {folder!r} has no {_PEFT_CONFIG_NAME} and {found}; pass the path of the LoRA file instead."
+    )
+
+
+def _delete_adapter(model: nn.Module, adapter_name: str) -> None:
+    if isinstance(model, PeftModel):
+        model.delete_adapter(adapter_name)
+    elif hasattr(model, "delete_adapters"):
+        model.delete_adapters(adapter_name)
+    else:
+        for _, layer in _tuner_layers(model):
+            layer.delete_adapter(adapter_name)
+        getattr(model, "peft_config", {}).pop(adapter_name, None)
+
+
+def _inject_with_state_dict(
+    model: nn.Module, config: PeftConfig, state_dict: dict[str, torch.Tensor], adapter_name: str
+) -> None:
+    if isinstance(model, PeftModel):
+        # PeftModel state dicts name modules from the PeftModel itself.
+        state_dict = {
+            (k if k.startswith(_PEFT_KEY_PREFIX) else _PEFT_KEY_PREFIX + k): v for k, v in state_dict.items()
+        }
+        model.add_adapter(adapter_name, config)
+    else:
+        state_dict = {k.removeprefix(_PEFT_KEY_PREFIX): v for k, v in state_dict.items()}
+        if getattr(model, "_hf_peft_config_loaded", None) is not None:
+            model.add_adapter(config, adapter_name=adapter_name)  # diffusers: also records peft_config
+        else:
+            inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    try:
+        result = set_peft_model_state_dict(model, state_dict, adapter_name=adapter_name)
+        unexpected = list(result.unexpected_keys)
+        missing = [k for k in result.missing_keys if f".{adapter_name}." in k or k.endswith(f".{adapter_name}")]
+        if unexpected or missing:
+            raise ValueError(
+                f"The state dict for adapter {adapter_name!r} does not fit {type(model).__name__}: "
+                f"{len(unexpected)} unexpected keys (first: {unexpected[:3]}), {len(missing)} adapter weights "
+                f"missing (first: {missing[:3]}). Check that it was saved from the same model architecture."
+            )
+    except BaseException:
+        _delete_adapter(model, adapter_name)
+        raise
+
+
+def add_assistant_adapter(
+    model: nn.Module,
+    source: str | os.PathLike | PeftConfig,
+    *,
+    adapter_name: str = "assistant",
+    state_dict: dict[str, torch.Tensor] | None = None,
+    prefix: str | None = "transformer",
+) -> None:
+    """
+    Loads an adapter beside the existing ones as a frozen, always-active "assistant".
+
+    The adapters that were active stay active, with the trainability they had; the assistant is added to them and
+    frozen. Strength scaling ([`~peft_slider.scaling.SliderScaler`]) picks the trainable adapters by default, so the
+    assistant is never scaled and never trained. If loading fails, the model is left as it was.
+
+    Args:
+        model (`torch.nn.Module`):
+            A [`~peft.PeftModel`], or a model carrying adapters directly (for example a diffusers model).
+        source (`str`, `os.PathLike` or `peft.PeftConfig`):
+            One of:
+                - a folder written by PEFT's `save_pretrained` (`adapter_config.json` and `adapter_model.safetensors`);
+                - a `PeftConfig`, with the weights in `state_dict`;
+                - for a diffusers model only: a LoRA `.safetensors` file, or a folder holding one, in a format
+                  diffusers' `model.load_lora_adapter` reads (files written by `save_lora_adapter` or a pipeline's
+                  `save_lora_weights`). For other formats (kohya, ComfyUI), load with
+                  `pipe.load_lora_weights(..., adapter_name=...)`, which converts them, then call
+                  [`freeze_adapter`] and [`activate_adapters`].
+        adapter_name (`str`, *optional*, defaults to `"assistant"`):
+            Name for the new adapter; must not be in use.
+        state_dict (`dict[str, torch.Tensor]`, *optional*):
+            The adapter weights when `source` is a `PeftConfig`, keyed like PEFT's `get_peft_model_state_dict`.
+        prefix (`str`, *optional*, defaults to `"transformer"`):
+            Only for diffusers LoRA files: the key prefix to select (`"transformer"` for files saved by a DiT pipeline,
+            `"unet"` for UNet pipelines, `None` for files saved by `model.save_lora_adapter`).
+
+    Example:
+
+    ```py
+    >>> import tempfile
+    >>> import torch
+    >>> from peft import LoraConfig, get_peft_model
+    >>> from peft_slider.adapters import add_assistant_adapter, active_adapter_names, slider_adapter_names
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> make = lambda: torch.nn.Sequential(torch.nn.Linear(4, 4))
+    >>> folder = tempfile.mkdtemp()
+    >>> get_peft_model(make(), LoraConfig(target_modules=["0"])).save_pretrained(folder)
+    >>> model = get_peft_model(make(), LoraConfig(target_modules=["0"]), adapter_name="slider")
+    >>> add_assistant_adapter(model, folder)
+    >>> active_adapter_names(model), slider_adapter_names(model)
+    (['slider', 'assistant'], ['slider'])
+
+    ```
+    """
+    if not isinstance(adapter_name, str) or not adapter_name:
+        raise TypeError(f"`adapter_name` must be a non-empty string, got {adapter_name!r}.")
+    if adapter_name in adapter_names(model):
+        raise ValueError(f"`adapter_name` {adapter_name!r} is already in use; pick another name.")
+
+    previously_active = active_adapter_names(model)
+    # PEFT and diffusers activate (and unfreeze) adapters while loading; remember the trainability to restore it.
+    requires_grad = {
+        param: param.requires_grad for _, layer in _tuner_layers(model) for _, param in _layer_adapter_params(layer)
+    }
+
+    if isinstance(source, PeftConfig):
+        if state_dict is None:
+            raise ValueError("`state_dict` is required when `source` is a PeftConfig; pass the adapter weights.")
+        _inject_with_state_dict(model, source, state_dict, adapter_name)
+    elif isinstance(source, (str, os.PathLike)):
+        if state_dict is not None:
+            raise ValueError("`state_dict` is only used with a PeftConfig `source`; got a path as well.")
+        path = os.fspath(source)
+        if os.path.isfile(os.path.join(path, _PEFT_CONFIG_NAME)):
+            config, weights = _read_peft_folder(path)
+            _inject_with_state_dict(model, config, weights, adapter_name)
+        elif os.path.exists(path) and hasattr(model, "load_lora_adapter"):
+            folder, weight_name = os.path.split(path) if os.path.isfile(path) else (path, _lora_file_in(path))
+            model.load_lora_adapter(folder, weight_name=weight_name, prefix=prefix, adapter_name=adapter_name)
+            if adapter_name not in adapter_names(model):
+                raise ValueError(
+                    f"No weights for {type(model).__name__} were found in {os.fspath(source)!r} with "
+                    f"`prefix`={prefix!r}; pass prefix='transformer', 'unet' or None to match its keys."
+                )
+        elif os.path.exists(path):
+            raise ValueError(
+                f"`source` {path!r} has no {_PEFT_CONFIG_NAME}; only diffusers models (with `load_lora_adapter`) "
+                f"read other LoRA files, and {type(model).__name__} is not one."
+            )
+        else:
+            raise ValueError(f"`source` {path!r} does not exist; pass a local folder, file or a PeftConfig.")
+    else:
+        raise TypeError(f"`source` must be a path or a PeftConfig, got {type(source).__name__}.")
+
+    _set_active(model, previously_active + [adapter_name])
+    for param, flag in requires_grad.items():
+        param.requires_grad_(flag)
+    freeze_adapter(model, adapter_name)

@@ -1,0 +1,555 @@
+# Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
+"""Signed slider strength: scale the slider adapters of a PEFT model for a while, then restore them exactly.
+
+A slider is an adapter trained as a signed direction: at strength `s` its delta is multiplied by `s`, so `+s` adds a
+concept, `-s` removes it and `0` gives the base model. Strength is applied through the `scaling` dict that PEFT's LoRA,
+LoKr and LoHa layers multiply their delta by (`lora_alpha / r` after loading). Three rules:
+
+- Absolute, never compounding: the scales are read once ("reference") and `set(s)` writes `reference * s`.
+- Restored from a snapshot, never undone by division, so `0` and negative strengths restore exactly.
+- Only the slider adapters are scaled: frozen adapters beside them (an "assistant" training adapter for distilled
+  models) keep their scale.
+
+A 1-D tensor gives one strength per batch element, so a single forward pass can carry positive, negative and neutral
+samples (or one prompt at several strengths). Only torch and PEFT are imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import numbers
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from peft.tuners.lora import LoraLayer
+from peft.tuners.lycoris_utils import LycorisLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from .adapters import active_adapter_names, slider_adapter_names
+from .adapters import adapter_names as model_adapter_names
+
+__all__ = ["SliderScaler", "Strength", "slider_strength"]
+
+#: A strength: one number for every slider, a 1-D tensor (or list) of per-sample strengths, or a dict giving either
+#: per adapter name (adapters not in the dict keep their reference scale).
+Strength = float | torch.Tensor | Sequence[float] | Mapping[str, float | torch.Tensor | Sequence[float]]
+
+# Keyword arguments that carry the batch in diffusers and transformers models, in order of preference.
+_BATCH_ARGUMENTS = ("hidden_states", "sample", "x", "input", "inputs_embeds", "input_ids")
+# Instance attribute holding the per-sample factors of LoKr/LoHa layers (see `_add_delta_factor`).
+_DELTA_FACTORS = "_peft_slider_delta_factors"
+_scaler_ids = itertools.count()
+
+
+def _check_strength(value: Any, adapter: str) -> float | torch.Tensor:
+    """Returns `value` as a float, or as a detached 1-D floating tensor of per-sample strengths."""
+    if isinstance(value, (list, tuple)):
+        if not value or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+            raise ValueError(
+                f"Per-sample `strength` for adapter {adapter!r} must be a non-empty list of real numbers, "
+                f"got {value!r}."
+            )
+        value = torch.tensor([float(v) for v in value], dtype=torch.get_default_dtype())
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 1 or not value.is_floating_point() or value.numel() == 0:
+            raise ValueError(
+                f"Per-sample `strength` for adapter {adapter!r} must be a non-empty 1-D floating-point tensor, got "
+                f"shape {tuple(value.shape)} and dtype {value.dtype}; for one strength pass a Python float."
+            )
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"Per-sample `strength` for adapter {adapter!r} must be finite, got {value.tolist()}.")
+        # Strengths are settings, not learnable: keep them out of the autograd graph.
+        return value.detach()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(
+            f"`strength` for adapter {adapter!r} must be a finite real number (or a 1-D tensor of per-sample "
+            f"strengths), got {value!r}."
+        )
+    return float(value)
+
+
+def _resolve_adapter_names(model: nn.Module, adapter_names: str | Sequence[str] | None) -> list[str]:
+    known = model_adapter_names(model)
+    model_name = type(model).__name__
+    if adapter_names is not None:
+        names = [adapter_names] if isinstance(adapter_names, str) else adapter_names
+        if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"`adapter_names` must be an adapter name or a list of names, got {adapter_names!r}.")
+        if not names:
+            raise ValueError("`adapter_names` is empty; name at least one slider adapter, or pass None.")
+        for name in names:
+            if name not in known:
+                raise ValueError(
+                    f"Unknown adapter {name!r} in `adapter_names`: {model_name} has the adapters {known}."
+                )
+        return list(dict.fromkeys(names))
+    trainable = slider_adapter_names(model)
+    if trainable:
+        return trainable
+    if not known:
+        raise ValueError(
+            f"No slider adapter found in {model_name}: it has no LoRA, LoKr or LoHa adapter. Add one first "
+            "(get_peft_model, model.add_adapter or pipe.load_lora_weights)."
+        )
+    active = active_adapter_names(model)
+    # At inference nothing is trainable; a single active adapter is unambiguous, several are not (one may be a
+    # frozen assistant, which must not be scaled).
+    if len(active) == 1:
+        return active
+    raise ValueError(
+        f"No slider adapter found in {model_name}: no adapter has trainable parameters and the active adapters are "
+        f"{active}. Pass adapter_names=[...] to name the slider(s)."
+    )
+
+
+def _layer_holds(layer: BaseTunerLayer, adapter: str) -> bool:
+    return any(adapter in getattr(layer, attr, ()) for attr in layer.adapter_layer_names)
+
+
+def _add_delta_factor(layer: LycorisLayer, key: int, factor: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
+    """Multiplies the deltas of a LoKr/LoHa layer by `factor(adapter, delta)` until `_remove_delta_factor`.
+
+    LoKr and LoHa add each adapter's delta inside the layer's forward, with no submodule to hook, so the layer's
+    `_get_delta_activations` (called once per active adapter) is wrapped on the instance. One wrapper serves all
+    scalers, keyed by scaler, so they may be removed in any order.
+    """
+    factors = layer.__dict__.get(_DELTA_FACTORS)
+    if factors is None:
+        factors = {}
+        original = layer._get_delta_activations
+
+        def delta_activations(adapter_name: str, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            delta = original(adapter_name, x, *args, **kwargs)
+            for fn in list(factors.values()):
+                delta = fn(adapter_name, delta)
+            return delta
+
+        layer.__dict__[_DELTA_FACTORS] = factors
+        layer.__dict__["_get_delta_activations"] = delta_activations
+    factors[key] = factor
+
+
+def _remove_delta_factor(layer: LycorisLayer, key: int) -> None:
+    factors = layer.__dict__.get(_DELTA_FACTORS)
+    if factors is None:
+        return
+    factors.pop(key, None)
+    if not factors:
+        del layer.__dict__[_DELTA_FACTORS]
+        del layer.__dict__["_get_delta_activations"]
+
+
+def _batch_tensor(args: tuple, kwargs: dict) -> tuple[str, torch.Tensor] | None:
+    if args and isinstance(args[0], torch.Tensor):
+        return "the first positional argument", args[0]
+    for name in _BATCH_ARGUMENTS:
+        if isinstance(kwargs.get(name), torch.Tensor):
+            return f"`{name}`", kwargs[name]
+    for i, value in enumerate(args):
+        if isinstance(value, torch.Tensor):
+            return f"positional argument {i}", value
+    for name, value in kwargs.items():
+        if isinstance(value, torch.Tensor):
+            return f"`{name}`", value
+    return None
+
+
+class SliderScaler:
+    """
+    Sets the signed strength of the slider adapters of a model, cheaply and exactly reversibly.
+
+    The tuner layers and reference scales are collected once, so switching strength is a few hundred dict writes
+    (well under a millisecond on a FLUX.1-size model). `set(s)` makes every slider scale `reference * s`, whatever was
+    set before; `restore()` writes the references back; `at(s)` is a context manager that sets `s` and on exit (also
+    on an exception) writes back exactly the values it found.
+
+    Which adapters: `adapter_names`, or by default the slider adapters, i.e. those with a trainable parameter, so a
+    frozen assistant adapter is left alone during training. If none is trainable (inference), the single active
+    adapter is used; with several active adapters `adapter_names` is required. Note that diffusers'
+    `load_lora_weights` / `load_lora_adapter` leave every loaded adapter trainable (`requires_grad=True`), so at
+    inference name the sliders with `adapter_names`, and freeze an assistant
+    ([`~peft_slider.adapters.freeze_adapter`]).
+
+    Per-sample strengths (a 1-D tensor, one entry per batch element) keep the slider scales at the reference and
+    multiply each slider delta by the sample's strength through hooks, so sample `b` gets the output of a pass at
+    strength `s[b]` (up to float rounding). Sliders may be LoRA (plain, not DoRA or other variants), LoKr or LoHa.
+    The layers must see the batch on their leading dimension; a leading dimension `k * B` is read as `k` consecutive
+    rows per sample (frames folded into the batch). The model's own forward checks that its batch has one strength
+    per sample: with classifier-free guidance, repeat the strengths the way the batch is built, e.g.
+    `torch.cat([s, s])` for `[uncond, cond]`. The factor is cast to the layer's dtype (in bf16, 0.3 becomes 0.30078).
+
+    Scales are captured by autograd at forward time, but with gradient checkpointing the forward is run again during
+    backward: call `backward()` inside `at(...)` so both passes use the same strength.
+
+    Args:
+        model (`torch.nn.Module`):
+            A [`~peft.PeftModel`], or a model carrying adapters directly (a diffusers model after `add_adapter` or
+            `load_lora_weights`).
+        adapter_names (`str` or `list[str]`, *optional*):
+            The adapters to scale. Defaults to the trainable adapters, or the single active adapter (see above).
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from peft import LoraConfig, get_peft_model
+    >>> from peft_slider.scaling import SliderScaler
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> config = LoraConfig(r=4, lora_alpha=4, target_modules=["0"], init_lora_weights=False)
+    >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), config)
+    >>> x = torch.randn(2, 8)
+    >>> scaler = SliderScaler(model)
+    >>> with scaler.at(-1.5):
+    ...     negative = model(x)
+    >>> with scaler.at(torch.tensor([1.0, -1.5])):  # one pass, one strength per sample
+    ...     mixed = model(x)
+    >>> torch.testing.assert_close(mixed[1], negative[1])
+    >>> model.base_model.model[0].scaling  # restored
+    {'default': 1.0}
+
+    ```
+    """
+
+    def __init__(self, model: nn.Module, *, adapter_names: str | Sequence[str] | None = None) -> None:
+        names = _resolve_adapter_names(model, adapter_names)
+        entries: list[tuple[str, BaseTunerLayer, str]] = []
+        for module_name, module in model.named_modules():
+            if not isinstance(module, BaseTunerLayer):
+                continue
+            for adapter in names:
+                if not _layer_holds(module, adapter):
+                    continue
+                scaling = getattr(module, "scaling", None)
+                if not isinstance(module, (LoraLayer, LycorisLayer)) or not isinstance(scaling, dict):
+                    raise ValueError(
+                        f"Adapter {adapter!r} in {module_name!r} is a {type(module).__name__}, which has no scale; "
+                        "slider strength supports LoRA, LoKr and LoHa adapters."
+                    )
+                entries.append((module_name, module, adapter))
+        self.model = model
+        #: The adapters this scaler scales.
+        self.adapter_names: tuple[str, ...] = tuple(names)
+        self._entries = entries
+        self._layers = list({id(layer): layer for _, layer, _ in entries}.values())
+        self._slots: list[tuple[dict, str, Any]] = []
+        self.refresh()
+        self._id = next(_scaler_ids)
+        self._per_sample: dict[str, torch.Tensor] = {}
+        self._factor_cache: dict[tuple, torch.Tensor] = {}
+        self._hooked: frozenset[str] = frozenset()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._delta_layers: list[LycorisLayer] = []
+        self._per_sample_checked: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(adapter_names={list(self.adapter_names)}, layers={len(self._layers)})"
+
+    def refresh(self) -> None:
+        """
+        Reads the current scales as the new reference.
+
+        Call it after changing scales by other means (for example diffusers' `set_adapters(..., weights=...)`),
+        which `set` and `restore` would otherwise overwrite.
+
+        Example:
+
+        ```py
+        >>> import torch
+        >>> from peft import LoraConfig, get_peft_model
+        >>> from peft_slider.scaling import SliderScaler
+        >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
+        >>> scaler = SliderScaler(model)
+        >>> model.base_model.model[0].set_scale("default", 0.5)
+        >>> scaler.refresh()
+        >>> scaler.set(2.0)
+        >>> model.base_model.model[0].scaling
+        {'default': 1.0}
+
+        ```
+        """
+        self._slots = [(layer.scaling, adapter, layer.scaling[adapter]) for _, layer, adapter in self._entries]
+
+    def _check_not_merged(self) -> None:
+        if not any(layer.merged_adapters for layer in self._layers):
+            return
+        for module_name, layer, adapter in self._entries:
+            if adapter in layer.merged_adapters:
+                raise ValueError(
+                    f"Adapter {adapter!r} is merged into the base weights of {module_name!r}, so its strength cannot "
+                    "change; unmerge it first (`model.unmerge_adapter()` or diffusers' `unfuse_lora()`)."
+                )
+
+    def _check_per_sample_supported(self, adapters: Sequence[str]) -> None:
+        for module_name, layer, adapter in self._entries:
+            if adapter not in adapters or adapter in self._per_sample_checked:
+                continue
+            if isinstance(layer, LoraLayer):
+                reason = None
+                if adapter in getattr(layer, "lora_variant", {}):
+                    reason = f"it uses the LoRA variant {type(layer.lora_variant[adapter]).__name__}"
+                elif adapter not in layer.lora_B:
+                    reason = f"{type(layer).__name__} layers have no `lora_B` module to hook"
+                if reason is not None:
+                    raise ValueError(
+                        f"Per-sample strengths are not supported for adapter {adapter!r} in {module_name!r}: "
+                        f"{reason}. Use a float strength and one forward pass per strength."
+                    )
+        self._per_sample_checked.update(adapters)
+
+    def _parse(self, strength: Strength) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        if isinstance(strength, Mapping):
+            for name in strength:
+                if name not in self.adapter_names:
+                    raise ValueError(
+                        f"`strength` names adapter {name!r}, which this scaler does not scale; it scales "
+                        f"{list(self.adapter_names)}. Build it with adapter_names=[...] to include {name!r}."
+                    )
+            items = list(strength.items())
+        else:
+            items = [(name, strength) for name in self.adapter_names]
+        scalars = dict.fromkeys(self.adapter_names, 1.0)
+        per_sample: dict[str, torch.Tensor] = {}
+        for name, value in items:
+            checked = _check_strength(value, name)
+            if isinstance(checked, torch.Tensor):
+                per_sample[name] = checked
+            else:
+                scalars[name] = checked
+        lengths = {name: tensor.numel() for name, tensor in per_sample.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"Per-sample strengths must have one length, the batch size; got lengths {lengths}.")
+        return scalars, per_sample
+
+    def set(self, strength: Strength) -> None:
+        """
+        Sets every slider scale to its reference times `strength` (absolute: repeated calls never compound).
+
+        Args:
+            strength (`float`, `torch.Tensor`, `list[float]` or `dict[str, ...]`):
+                A finite number for all sliders; a 1-D floating tensor (or list) of per-sample strengths, one per
+                batch element; or a dict from adapter name to either, to give several sliders different strengths
+                (sliders not in the dict get their reference scale). Nothing changes if it is invalid.
+
+        Example:
+
+        ```py
+        >>> import torch
+        >>> from peft import LoraConfig, get_peft_model
+        >>> from peft_slider.scaling import SliderScaler
+        >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
+        >>> scaler = SliderScaler(model)
+        >>> scaler.set(-2.0)
+        >>> scaler.set(-2.0)
+        >>> model.base_model.model[0].scaling
+        {'default': -2.0}
+        >>> scaler.restore()
+        >>> model.base_model.model[0].scaling
+        {'default': 1.0}
+
+        ```
+        """
+        if type(strength) is float or type(strength) is int:
+            # Fast path for the common case: one number for every slider.
+            if not math.isfinite(strength):
+                _check_strength(strength, self.adapter_names[0])  # raises with the message
+            self._check_not_merged()
+            for scaling, adapter, reference in self._slots:
+                scaling[adapter] = reference * strength
+            if self._per_sample:
+                self._set_per_sample({})
+            return
+        scalars, per_sample = self._parse(strength)
+        self._check_not_merged()
+        if per_sample:
+            self._check_per_sample_supported(list(per_sample))
+        for scaling, adapter, reference in self._slots:
+            scaling[adapter] = reference * scalars[adapter]
+        self._set_per_sample(per_sample)
+
+    def restore(self) -> None:
+        """
+        Writes the reference scales back exactly and removes any per-sample hooks.
+
+        Example:
+
+        ```py
+        >>> import torch
+        >>> from peft import LoraConfig, get_peft_model
+        >>> from peft_slider.scaling import SliderScaler
+        >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
+        >>> scaler = SliderScaler(model)
+        >>> scaler.set(0.0)
+        >>> scaler.restore()
+        >>> model.base_model.model[0].scaling
+        {'default': 1.0}
+
+        ```
+        """
+        for scaling, adapter, reference in self._slots:
+            scaling[adapter] = reference
+        self._set_per_sample({})
+
+    @contextlib.contextmanager
+    def at(self, strength: Strength) -> Iterator[SliderScaler]:
+        """
+        Context manager: `set(strength)` on entry; on exit, also on an exception, the scales and per-sample hooks
+        found on entry are put back exactly.
+
+        Args:
+            strength (`float`, `torch.Tensor`, `list[float]` or `dict[str, ...]`):
+                As for [`~SliderScaler.set`].
+
+        Example:
+
+        ```py
+        >>> import torch
+        >>> from peft import LoraConfig, get_peft_model
+        >>> from peft_slider.scaling import SliderScaler
+        >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
+        >>> scaler = SliderScaler(model)
+        >>> with scaler.at(0.0):
+        ...     model.base_model.model[0].scaling
+        {'default': 0.0}
+        >>> model.base_model.model[0].scaling
+        {'default': 1.0}
+
+        ```
+        """
+        saved = [scaling[adapter] for scaling, adapter, _ in self._slots]
+        saved_per_sample = self._per_sample  # replaced, never mutated, by `_set_per_sample`
+        try:
+            self.set(strength)
+            yield self
+        finally:
+            for (scaling, adapter, _), value in zip(self._slots, saved):
+                scaling[adapter] = value
+            self._set_per_sample(saved_per_sample)
+
+    # Per-sample strengths.
+
+    def _set_per_sample(self, per_sample: dict[str, torch.Tensor]) -> None:
+        self._per_sample = per_sample
+        self._factor_cache = {}
+        if frozenset(per_sample) != self._hooked:
+            self._remove_hooks()
+            if per_sample:
+                self._install_hooks(frozenset(per_sample))
+
+    def _factor(self, adapter: str, output: torch.Tensor, where: str) -> torch.Tensor:
+        key = (adapter, output.shape[:1], output.ndim, output.device, output.dtype)
+        factor = self._factor_cache.get(key)
+        if factor is None:
+            strengths = self._per_sample[adapter]
+            count = strengths.numel()
+            leading = output.shape[0] if output.ndim else 0
+            if leading == 0 or leading % count:
+                raise ValueError(
+                    f"Per-sample strengths for adapter {adapter!r} have {count} entries, but {where!r} has an output "
+                    f"of shape {tuple(output.shape)} whose leading (batch) dimension is not a multiple of {count}. "
+                    "Pass one strength per batch element."
+                )
+            factor = strengths.to(device=output.device, dtype=output.dtype)
+            if leading != count:
+                factor = factor.repeat_interleave(leading // count)
+            factor = factor.view(-1, *([1] * (output.ndim - 1)))
+            self._factor_cache[key] = factor
+        return factor
+
+    def _check_batch(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if kwargs.get("adapter_names") is not None:
+            raise ValueError(
+                "Per-sample strengths cannot be combined with PEFT's mixed-adapter batches (`adapter_names=`)."
+            )
+        found = _batch_tensor(args, kwargs)
+        if found is None:
+            return
+        where, tensor = found
+        count = next(iter(self._per_sample.values())).numel()
+        if tensor.ndim == 0 or tensor.shape[0] != count:
+            raise ValueError(
+                f"Per-sample strengths have {count} entries, but {type(module).__name__} was called with a batch of "
+                f"{tensor.shape[0] if tensor.ndim else 0} ({where}, shape {tuple(tensor.shape)}). Pass one strength "
+                "per batch element; with classifier-free guidance repeat them like the batch, e.g. torch.cat([s, s])."
+            )
+
+    def _install_hooks(self, adapters: frozenset[str]) -> None:
+        handles = []
+        delta_layers = {}
+        for module_name, layer, adapter in self._entries:
+            if adapter not in adapters:
+                continue
+            if isinstance(layer, LoraLayer):
+                # The LoRA delta is `lora_B(lora_A(dropout(x))) * scaling`: scaling lora_B's output per sample is
+                # exact, and leaves other adapters of the layer (an assistant) alone.
+                def hook(module, args, output, adapter=adapter, where=module_name):
+                    return output * self._factor(adapter, output, where)
+
+                handles.append(layer.lora_B[adapter].register_forward_hook(hook))
+            else:
+                delta_layers[id(layer)] = (module_name, layer)
+        for module_name, layer in delta_layers.values():
+
+            def factor(adapter, delta, where=module_name):
+                if adapter not in self._per_sample:
+                    return delta
+                return delta * self._factor(adapter, delta, where)
+
+            _add_delta_factor(layer, self._id, factor)
+        handles.append(self.model.register_forward_pre_hook(self._check_batch, with_kwargs=True))
+        self._handles = handles
+        self._delta_layers = [layer for _, layer in delta_layers.values()]
+        self._hooked = adapters
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for layer in self._delta_layers:
+            _remove_delta_factor(layer, self._id)
+        self._handles = []
+        self._delta_layers = []
+        self._hooked = frozenset()
+
+
+@contextlib.contextmanager
+def slider_strength(
+    model: nn.Module, strength: Strength, *, adapter_names: str | Sequence[str] | None = None
+) -> Iterator[SliderScaler]:
+    """
+    Context manager: multiplies the current scale of the slider adapter(s) by `strength`, and on exit (also on an
+    exception) restores the exact previous values.
+
+    Nested blocks multiply (inside `slider_strength(m, 2)` and `slider_strength(m, -3)` the scale is `-6` times the
+    original) and restore in order. Builds a [`SliderScaler`] on every call; keep one `SliderScaler` when switching
+    often.
+
+    Args:
+        model (`torch.nn.Module`):
+            A [`~peft.PeftModel`], or a model carrying adapters directly (for example a diffusers model).
+        strength (`float`, `torch.Tensor`, `list[float]` or `dict[str, ...]`):
+            As for [`SliderScaler.set`]: a number, per-sample strengths, or a dict per adapter name.
+        adapter_names (`str` or `list[str]`, *optional*):
+            The adapters to scale; defaults as for [`SliderScaler`].
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from peft import LoraConfig, get_peft_model
+    >>> from peft_slider.scaling import slider_strength
+    >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
+    >>> with slider_strength(model, -1.0):
+    ...     model.base_model.model[0].scaling
+    {'default': -1.0}
+    >>> model.base_model.model[0].scaling
+    {'default': 1.0}
+
+    ```
+    """
+    scaler = SliderScaler(model, adapter_names=adapter_names)
+    with scaler.at(strength):
+        yield scaler

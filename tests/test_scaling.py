@@ -1,0 +1,541 @@
+# Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
+"""Tests for peft_slider.scaling: signed slider strength, exact restore, per-sample strengths.
+
+Models are real and tiny: a PEFT-wrapped MLP (also with frames folded into the batch), and diffusers'
+UNet2DConditionModel and FluxTransformer2DModel built from small configs, carrying adapters through diffusers'
+`add_adapter`. Every model also carries a frozen "assistant" adapter of the same type beside the slider, unless a
+test needs it gone. Adapter weights are random (`init_lora_weights=False` / `init_weights=False`), so every delta is
+non-zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import doctest
+
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+from peft import LoHaConfig, LoKrConfig, LoraConfig, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from peft_slider import scaling
+from peft_slider.adapters import activate_adapters
+from peft_slider.scaling import SliderScaler, slider_strength
+
+VARIANTS = ("lora", "lokr", "loha")
+MLP_TARGETS = ["fc1", "fc2"]
+UNET_TARGETS = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "proj_in", "conv_in"]
+# Image-stream attention of Flux: double blocks' to_q/k/v/to_out.0 and single blocks' to_q/k/v.
+FLUX_TARGETS = r".*transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0)"
+
+
+def adapter_config(variant: str, targets, *, dropout: bool = False):
+    if variant == "lora":
+        return LoraConfig(
+            r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, lora_dropout=0.5 if dropout else 0.0
+        )
+    lycoris = {"r": 4, "alpha": 8, "target_modules": targets, "init_weights": False}
+    if dropout:
+        lycoris.update(rank_dropout=0.5, module_dropout=0.3)
+    return (LoKrConfig if variant == "lokr" else LoHaConfig)(**lycoris)
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class FoldedMLP(MLP):
+    """Takes (batch, frames, tokens, channels) and runs the layers on frames folded into the batch."""
+
+    def forward(self, x):
+        batch, frames = x.shape[:2]
+        return super().forward(x.flatten(0, 1)).unflatten(0, (batch, frames))
+
+
+def _with_assistant_peft(base: nn.Module, variant: str, targets, *, dropout: bool, assistant: bool) -> nn.Module:
+    model = get_peft_model(base, adapter_config(variant, targets, dropout=dropout), adapter_name="slider")
+    if assistant:
+        model.add_adapter("assistant", adapter_config(variant, targets, dropout=dropout))
+        activate_adapters(model, slider="slider", frozen=["assistant"])
+    return model
+
+
+def _with_assistant_diffusers(base: nn.Module, variant: str, targets, *, assistant: bool) -> nn.Module:
+    base.add_adapter(adapter_config(variant, targets), adapter_name="slider")
+    if assistant:
+        base.add_adapter(adapter_config(variant, targets), adapter_name="assistant")
+        activate_adapters(base, slider="slider", frozen=["assistant"])
+    return base
+
+
+def build_mlp(variant, *, assistant=True, dropout=False):
+    torch.manual_seed(0)
+    return _with_assistant_peft(MLP(), variant, MLP_TARGETS, dropout=dropout, assistant=assistant)
+
+
+def build_folded(variant, *, assistant=True):
+    torch.manual_seed(0)
+    return _with_assistant_peft(FoldedMLP(), variant, MLP_TARGETS, dropout=False, assistant=assistant)
+
+
+def make_unet():
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+
+
+def make_flux():
+    torch.manual_seed(0)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+    )
+
+
+def build_unet(variant, *, assistant=True):
+    return _with_assistant_diffusers(make_unet(), variant, UNET_TARGETS, assistant=assistant)
+
+
+def build_flux(variant, *, assistant=True):
+    return _with_assistant_diffusers(make_flux(), variant, FLUX_TARGETS, assistant=assistant)
+
+
+def mlp_inputs(batch):
+    gen = torch.Generator().manual_seed(1)
+    return (torch.randn(batch, 5, 8, generator=gen),), {}
+
+
+def folded_inputs(batch):
+    gen = torch.Generator().manual_seed(1)
+    return (torch.randn(batch, 3, 5, 8, generator=gen),), {}
+
+
+def unet_inputs(batch):
+    gen = torch.Generator().manual_seed(1)
+    sample = torch.randn(batch, 4, 8, 8, generator=gen)
+    timestep = torch.randint(0, 1000, (batch,), generator=gen)
+    text = torch.randn(batch, 3, 8, generator=gen)
+    return (sample, timestep, text), {"return_dict": False}
+
+
+def flux_inputs(batch):
+    gen = torch.Generator().manual_seed(1)
+    grid = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij"), -1).reshape(16, 2)
+    img_ids = torch.cat([torch.zeros(16, 1), grid.float()], dim=1)
+    kwargs = {
+        "hidden_states": torch.randn(batch, 16, 4, generator=gen),
+        "encoder_hidden_states": torch.randn(batch, 5, 32, generator=gen),
+        "pooled_projections": torch.randn(batch, 32, generator=gen),
+        "timestep": torch.rand(batch, generator=gen),
+        "img_ids": img_ids,
+        "txt_ids": torch.zeros(5, 3),
+        "return_dict": False,
+    }
+    return (), kwargs
+
+
+MODELS = {
+    "mlp": (build_mlp, mlp_inputs),
+    "folded": (build_folded, folded_inputs),
+    "unet": (build_unet, unet_inputs),
+    "flux": (build_flux, flux_inputs),
+}
+
+
+def run(model, inputs):
+    args, kwargs = inputs
+    out = model(*args, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def scales(model):
+    """Every scale of every adapter (slider and assistant) in every tuner layer."""
+    return {
+        (name, adapter): value
+        for name, module in model.named_modules()
+        if isinstance(module, BaseTunerLayer)
+        for adapter, value in module.scaling.items()
+    }
+
+
+def hook_count(model):
+    """Forward hooks, forward pre-hooks and LoKr/LoHa delta wrappers left anywhere in the model."""
+    count = 0
+    for module in model.modules():
+        count += len(module._forward_hooks) + len(module._forward_pre_hooks)
+        count += len(module.__dict__.get(scaling._DELTA_FACTORS, {}))
+        count += "_get_delta_activations" in module.__dict__
+    return count
+
+
+def assert_state(model, expected_scales, expected_hooks=0):
+    assert scales(model) == expected_scales  # bitwise: the same floats
+    assert hook_count(model) == expected_hooks
+
+
+# Restore: bitwise after a normal exit and after an exception, for every variant, strength and entry point.
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("strength", [0.0, -1.0, -2.5, 3.0, "per_sample"])
+@pytest.mark.parametrize("exit_by", ["normal", "exception"])
+@pytest.mark.parametrize("entry", ["scaler.at", "slider_strength"])
+def test_exact_restore(variant, strength, exit_by, entry):
+    model = build_mlp(variant)
+    inputs = mlp_inputs(3)
+    if strength == "per_sample":
+        strength = torch.tensor([1.0, -2.0, 0.0])
+    before = scales(model)
+    out_before = run(model, inputs)
+
+    context = SliderScaler(model).at(strength) if entry == "scaler.at" else slider_strength(model, strength)
+    with pytest.raises(RuntimeError, match="inside") if exit_by == "exception" else contextlib.nullcontext():
+        with context:
+            inside = scales(model)
+            for (name, adapter), value in inside.items():
+                if adapter == "slider" and not isinstance(strength, torch.Tensor):
+                    assert value == before[(name, adapter)] * strength
+                else:  # the assistant, and per-sample sliders (scaled by hooks instead)
+                    assert value == before[(name, adapter)]
+            assert (hook_count(model) > 0) == isinstance(strength, torch.Tensor)
+            run(model, inputs)
+            if exit_by == "exception":
+                raise RuntimeError("inside the block")
+
+    assert_state(model, before)
+    torch.testing.assert_close(run(model, inputs), out_before, rtol=0, atol=0)  # exactly the same model again
+
+
+# Nesting: restore in order. Functional blocks multiply the current scale; one scaler's blocks are absolute.
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(
+    "entry, outer, inner",
+    [
+        ("slider_strength", 2.0, -3.0),
+        ("slider_strength", 0.0, -1.5),
+        ("scaler.at", 2.0, -3.0),
+        ("scaler.at", "per_sample", 0.5),
+        ("scaler.at", 0.5, "per_sample"),
+    ],
+)
+def test_nested_contexts_restore_in_order(variant, entry, outer, inner):
+    model = build_mlp(variant)
+    per_sample = torch.tensor([1.0, -1.0])
+    outer = per_sample if outer == "per_sample" else outer
+    inner = per_sample if inner == "per_sample" else inner
+    before = scales(model)
+    scaler = SliderScaler(model)
+
+    def enter(strength):
+        return scaler.at(strength) if entry == "scaler.at" else slider_strength(model, strength)
+
+    def expected(*factors):
+        return {key: (value if key[1] != "slider" else _times(value, factors)) for key, value in before.items()}
+
+    outer_scalar = 1.0 if isinstance(outer, torch.Tensor) else outer
+    inner_scalar = 1.0 if isinstance(inner, torch.Tensor) else inner
+    outer_hooks, inner_hooks = hook_count_for(model, outer), hook_count_for(model, inner)
+    with enter(outer):
+        assert_state(model, expected(outer_scalar), outer_hooks)
+        with enter(inner):
+            if entry == "slider_strength":  # multiplies the current scale
+                assert_state(model, expected(outer_scalar, inner_scalar), 0)
+            else:  # absolute: the inner strength replaces the outer one
+                assert_state(model, expected(inner_scalar), inner_hooks)
+        assert_state(model, expected(outer_scalar), outer_hooks)
+    assert_state(model, before)
+
+
+def _times(value, factors):
+    for factor in factors:
+        value = value * factor
+    return value
+
+
+def hook_count_for(model, strength):
+    """The hooks one scaler installs for `strength` on `model` (measured on a copy; `model` must have none)."""
+    assert hook_count(model) == 0
+    if not isinstance(strength, torch.Tensor):
+        return 0
+    probe = copy.deepcopy(model)
+    probe_scaler = SliderScaler(probe)
+    probe_scaler.set(strength)
+    count = hook_count(probe)
+    probe_scaler.restore()
+    return count
+
+
+# Output: strength 0 is the base model, and the delta is linear in the strength, as PEFT's own set_scale computes.
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("strength", [0.0, 1.0, -1.0, -2.5, 3.0, 0.3])
+def test_output_matches_direct_computation(variant, strength):
+    model = build_mlp(variant, assistant=False)
+    inputs = mlp_inputs(3)
+    scaler = SliderScaler(model)
+
+    # Layer level: fc1's output is base + s * (delta at strength 1); float32 rounding only (rtol 1e-5, atol 1e-6).
+    layer = model.base_model.model.fc1
+    x = inputs[0][0]
+    base = layer.get_base_layer()(x)
+    with scaler.at(1.0):
+        delta = layer(x) - base
+    with scaler.at(strength):
+        torch.testing.assert_close(layer(x), base + strength * delta, rtol=1e-5, atol=1e-6)
+        out = run(model, inputs)
+
+    # Model level: PEFT's set_scale(adapter, s) (scale = s * alpha / r) gives the same output (rtol 1e-5, atol 1e-6).
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.set_scale("slider", strength)
+    torch.testing.assert_close(out, run(reference, inputs), rtol=1e-5, atol=1e-6)
+
+    if strength == 0.0:  # exactly the base model
+        with model.disable_adapter():
+            base_out = run(model, inputs)
+        torch.testing.assert_close(out, base_out, rtol=0, atol=0)
+    else:  # the slider does something at this strength
+        with model.disable_adapter():
+            assert (out - run(model, inputs)).abs().max() > 1e-3
+
+
+# Per-sample strengths: one batched pass equals one pass per strength, with the assistant active beside the slider.
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("model_name", ["mlp", "mlp_dropout", "folded", "unet", "flux"])
+def test_per_sample_equals_separate_passes(variant, model_name):
+    dropout = model_name == "mlp_dropout"
+    build, make_inputs = MODELS["mlp" if dropout else model_name]
+    model = build(variant, dropout=True) if dropout else build(variant)
+    if dropout:
+        model.train()  # dropout masks are random: each pass starts from the same seed, so the masks agree
+    strengths = torch.tensor([1.5, -1.0, 0.0, -2.5])
+    inputs = make_inputs(len(strengths))
+    scaler = SliderScaler(model)
+    assert scaler.adapter_names == ("slider",)
+
+    torch.manual_seed(123)
+    with scaler.at(strengths):
+        batched = run(model, inputs)
+    separate = []
+    for strength in strengths.tolist():
+        torch.manual_seed(123)
+        with scaler.at(strength):
+            separate.append(run(model, inputs))
+
+    for b, out in enumerate(separate):
+        # Same batch shape in both passes; only the order of float32 products differs (rtol 1e-5, atol 1e-5).
+        torch.testing.assert_close(batched[b], out[b], rtol=1e-5, atol=1e-5)
+    # The strengths matter: rows at different strengths differ far beyond the tolerance.
+    assert (separate[0] - separate[1]).abs().max() > 1e-3
+
+
+# Several sliders composed with per-adapter strengths (dict), scalar or per-sample.
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(
+    "strength",
+    [
+        {"age": 2.0, "smile": -1.0},
+        {"age": -0.5},
+        {"age": torch.tensor([1.0, -1.0, 0.5]), "smile": 2.0},
+        {"age": torch.tensor([1.0, -1.0, 0.5]), "smile": torch.tensor([0.0, 2.0, -3.0])},
+    ],
+    ids=["scalars", "one_scalar", "per_sample_and_scalar", "two_per_sample"],
+)
+def test_dict_strengths_compose_sliders(variant, strength):
+    torch.manual_seed(0)
+    model = get_peft_model(MLP(), adapter_config(variant, MLP_TARGETS), adapter_name="age")
+    model.add_adapter("smile", adapter_config(variant, MLP_TARGETS))
+    activate_adapters(model, slider=["age", "smile"])
+    before = scales(model)
+    scaler = SliderScaler(model)
+    assert scaler.adapter_names == ("age", "smile")
+    inputs = mlp_inputs(3)
+
+    with scaler.at(strength):
+        for (name, adapter), value in scales(model).items():
+            given = strength.get(adapter, 1.0)
+            factor = 1.0 if isinstance(given, torch.Tensor) else given
+            assert value == before[(name, adapter)] * factor
+        batched = run(model, inputs)
+    for b in range(3):
+        row = {k: (float(v[b]) if isinstance(v, torch.Tensor) else v) for k, v in strength.items()}
+        with scaler.at(row):
+            # rtol 1e-5, atol 1e-5: float32 product order only.
+            torch.testing.assert_close(batched[b], run(model, inputs)[b], rtol=1e-5, atol=1e-5)
+    assert_state(model, before)
+
+
+# Gradient checkpointing re-runs the forward during backward: with backward inside the block, the gradients are the
+# ones of a plain (non-checkpointed) pass at the same strength.
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("strength", [-2.0, "per_sample"], ids=["scalar", "per_sample"])
+def test_backward_inside_block_with_gradient_checkpointing(variant, strength):
+    strength = torch.tensor([1.5, -1.0]) if strength == "per_sample" else strength
+
+    def slider_grads(checkpointing):
+        model = build_unet(variant)
+        model.train()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        with SliderScaler(model).at(strength):
+            run(model, unet_inputs(2)).pow(2).mean().backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = slider_grads(False), slider_grads(True)
+    assert plain.keys() == checkpointed.keys() and plain
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7)  # recomputation: rounding only
+
+
+def test_repeated_set_is_absolute_and_restore_is_exact():
+    model = build_mlp("lora")
+    before = scales(model)
+    scaler = SliderScaler(model)
+    for strength in [2.0, 2.0, -3, 0.0, 0.0, torch.tensor([1.0, 2.0]), -1.0, {"slider": 4.0}]:
+        scaler.set(strength)
+    for (name, adapter), value in scales(model).items():
+        assert value == before[(name, adapter)] * (4.0 if adapter == "slider" else 1.0)
+    scaler.restore()
+    assert_state(model, before)
+
+
+# Bad input: a clear error naming the argument and the value, and nothing changed.
+
+
+def _lora_mlp():
+    return build_mlp("lora")
+
+
+def _two_frozen_active():
+    model = build_mlp("lora", assistant=False)
+    model.add_adapter("other", adapter_config("lora", MLP_TARGETS))
+    activate_adapters(model, slider="slider", frozen=["other"], trainable=False)
+    return model
+
+
+def _merged():
+    model = build_mlp("lora")
+    model.base_model.model.fc1.merge(adapter_names=["slider"])
+    return model
+
+
+def _with_dora():
+    model = build_mlp("lora")
+    model.add_adapter("dora", LoraConfig(r=2, target_modules=MLP_TARGETS, use_dora=True))
+    return model
+
+
+def _default_scaler(model):
+    return SliderScaler(model)
+
+
+@pytest.mark.parametrize(
+    "build, make_scaler, strength, match",
+    [
+        (_lora_mlp, None, float("nan"), r"`strength` for adapter 'slider' must be a finite real number.*got nan"),
+        (_lora_mlp, None, float("inf"), r"must be a finite real number.*got inf"),
+        (_lora_mlp, None, "high", r"must be a finite real number.*got 'high'"),
+        (_lora_mlp, None, True, r"must be a finite real number.*got True"),
+        (_lora_mlp, None, None, r"must be a finite real number.*got None"),
+        (_lora_mlp, None, torch.ones(2, 2), r"1-D floating-point tensor, got shape \(2, 2\)"),
+        (_lora_mlp, None, torch.tensor([1, 2]), r"got shape \(2,\) and dtype torch.int64"),
+        (_lora_mlp, None, torch.tensor([]), r"non-empty 1-D floating-point tensor"),
+        (_lora_mlp, None, torch.tensor([1.0, float("nan")]), r"must be finite, got \[1.0, nan\]"),
+        (_lora_mlp, None, [1.0, "x"], r"non-empty list of real numbers, got \[1.0, 'x'\]"),
+        (_lora_mlp, None, {"nope": 1.0}, r"names adapter 'nope', which this scaler does not scale; it scales"),
+        (_lora_mlp, None, {"slider": "x"}, r"must be a finite real number.*got 'x'"),
+        (
+            _lora_mlp,
+            lambda m: SliderScaler(m, adapter_names="nope"),
+            1.0,
+            r"Unknown adapter 'nope' in `adapter_names`: PeftModel has the adapters \['assistant', 'slider'\]",
+        ),
+        (_lora_mlp, lambda m: SliderScaler(m, adapter_names=[]), 1.0, r"`adapter_names` is empty"),
+        (_two_frozen_active, None, 1.0, r"No slider adapter found in PeftModel: .*active adapters are"),
+        (MLP, None, 1.0, r"No slider adapter found in MLP: it has no LoRA, LoKr or LoHa"),
+        (_merged, None, 2.0, r"Adapter 'slider' is merged into the base weights of '.*fc1'"),
+        (
+            _with_dora,
+            lambda m: SliderScaler(m, adapter_names=["dora"]),
+            torch.tensor([1.0, 2.0]),
+            r"Per-sample strengths are not supported for adapter 'dora'.*LoRA variant",
+        ),
+    ],
+)
+def test_bad_input_raises_and_leaves_model_unchanged(build, make_scaler, strength, match):
+    model = build()
+    before = scales(model)
+    with pytest.raises(ValueError, match=match):
+        scaler = (make_scaler or _default_scaler)(model)
+        with scaler.at(strength):
+            pass
+    assert_state(model, before)
+
+
+def _call_inner_layer(model, batch):
+    # The root model's batch check is bypassed, so the layer's own check must catch the mismatch.
+    return model.base_model.model.fc1(torch.randn(batch, 5, 8))
+
+
+@pytest.mark.parametrize(
+    "variant, call, match",
+    [
+        (v, call, match)
+        for v in VARIANTS
+        for call, match in [
+            (lambda m: run(m, mlp_inputs(4)), r"have 3 entries, but PeftModel was called with a batch of 4"),
+            (lambda m: _call_inner_layer(m, 4), r"have 3 entries, but '.*fc1' has an output of shape \(4, 5, "),
+            (lambda m: m(torch.randn(3, 5, 8), adapter_names=["slider"] * 3), r"mixed-adapter batches"),
+        ]
+    ],
+)
+def test_per_sample_mismatch_raises_at_forward_and_restores(variant, call, match):
+    model = build_mlp(variant)
+    before = scales(model)
+    with pytest.raises(ValueError, match=match):
+        with SliderScaler(model).at(torch.tensor([1.0, -1.0, 2.0])):
+            call(model)
+    assert_state(model, before)
+
+
+def test_docstring_examples():
+    result = doctest.testmod(scaling, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
