@@ -1,7 +1,7 @@
 """Run every benchmark in this folder, one after the other, and print their tables.
 
-    python benchmarks/run_all.py            # full runs (several minutes on 2 CPU cores)
-    python benchmarks/run_all.py --quick    # short runs
+python benchmarks/run_all.py            # full runs (several minutes on 2 CPU cores)
+python benchmarks/run_all.py --quick    # short runs
 """
 
 from __future__ import annotations
