@@ -2,8 +2,6 @@
 """Tests of peft_slider.data: strength-carrying datasets through real DataLoaders (workers included), the image +
 caption folder on real PNG files, and the SimpleTuner dataloader-JSON loader."""
 
-import doctest
-import inspect
 import json
 import re
 import warnings
@@ -15,7 +13,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-import peft_slider.data as data_module
 from peft_slider.data import (
     ImageCaptionFolder,
     SliderConcatDataset,
@@ -449,25 +446,7 @@ def test_simpletuner_unknown_fields_warn(tmp_path):
 # --------------------------------------------------------------------------------------------------- docs
 
 
-def _docstring_examples(module):
-    for name in module.__all__:
-        obj = getattr(module, name)
-        members = [(name, obj)]
-        if inspect.isclass(obj):
-            members += [(f"{name}.{attr}", value) for attr, value in vars(obj).items()]
-        for label, member in members:
-            doc = getattr(member, "__doc__", None)
-            if isinstance(doc, str) and ">>>" in doc:
-                yield label, doc
-
-
-@pytest.mark.parametrize(("name", "doc"), list(_docstring_examples(data_module)))
-def test_docstring_examples_run(name, doc):
-    # HF-style examples sit in ``` fences, which doctest would read as expected output.
-    text = re.sub(r"^\s*```.*$", "", doc, flags=re.M)
-    test = doctest.DocTestParser().get_doctest(text, {}, name, None, 0)
-    result = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE).run(test)
-    assert result.failed == 0 and result.attempted > 0
+# Docstring examples run in tests/test_docs.py.
 
 
 def test_readme_example(tmp_path, monkeypatch):

@@ -8,11 +8,8 @@ sampler's own output.
 
 import bisect
 import dataclasses
-import doctest
-import inspect
 import itertools
 import math
-import re
 import warnings
 from collections import Counter
 
@@ -606,25 +603,7 @@ def test_a_failed_load_leaves_the_sampler_unchanged():
 # --------------------------------------------------------------------------------------------------- docs
 
 
-def _docstring_examples(module):
-    for name in module.__all__:
-        obj = getattr(module, name)
-        members = [(name, obj)]
-        if inspect.isclass(obj):
-            members += [(f"{name}.{attr}", value) for attr, value in vars(obj).items()]
-        for label, member in members:
-            doc = getattr(member, "__doc__", None)
-            if isinstance(doc, str) and ">>>" in doc:
-                yield label, doc
-
-
-@pytest.mark.parametrize(("name", "doc"), list(_docstring_examples(sampler_module)))
-def test_docstring_examples_run(name, doc):
-    # HF-style examples sit in ``` fences, which doctest would read as expected output.
-    text = re.sub(r"^\s*```.*$", "", doc, flags=re.M)
-    test = doctest.DocTestParser().get_doctest(text, {}, name, None, 0)
-    result = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE).run(test)
-    assert result.failed == 0 and result.attempted > 0
+# Docstring examples run in tests/test_docs.py.
 
 
 @pytest.mark.parametrize("module", ["sampler", "data"])
