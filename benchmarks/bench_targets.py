@@ -2,8 +2,8 @@
 
 Measures, for every architecture in the table: the median time of `resolve_targets(model=..., scope=...)` and of
 PEFT's own matching of the same regex over the same names (the plain way: `re.fullmatch` per module name), and the
-LoRA parameter count at rank 16 for scope visual, scope joint and PEFT's `target_modules="all-linear"` equivalent
-(every Linear and Conv module of the denoiser).
+LoRA parameter count at rank 16 for scope visual, scope joint and PEFT's `target_modules="all-linear"` (every
+Linear module of the denoiser; PEFT keeps only a transformers model's output head out, and diffusers models have none).
 
     python benchmarks/bench_targets.py            # full run
     python benchmarks/bench_targets.py --quick    # fewer repeats
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         c for c in ARCHITECTURES if c not in {m.class_name for m in FULL_SIZE_MODELS.values()}
     ]
     print(
-        f"| model | modules | resolve visual (ms) | resolve joint (ms) | plain regex match (ms) | ratio | LoRA r={RANK} visual | joint | all Linear/Conv |"
+        f"| model | modules | resolve visual (ms) | resolve joint (ms) | plain regex match (ms) | ratio | LoRA r={RANK} visual | joint | all-linear |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
