@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         c for c in ARCHITECTURES if c not in {m.class_name for m in FULL_SIZE_MODELS.values()}
     ]
     print(
-        f"| model | modules | resolve visual (ms) | resolve joint (ms) | plain regex match (ms) | ratio | LoRA r={RANK} visual | joint | all-linear |"
+        f"| model | Linear modules | resolve visual (ms) | resolve joint (ms) | plain regex match (ms) | ratio | LoRA r={RANK} visual | joint | all-linear |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
