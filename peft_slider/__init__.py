@@ -13,7 +13,10 @@ from .adapters import (
 from .architectures import ARCHITECTURES, FAMILY_ALIASES, ArchitectureSpec, Rule
 from .config import SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig
 from .data import ImageCaptionFolder, SliderConcatDataset, SliderDataset, batch_strength, load_simpletuner_backends
+from .export import SliderFile, SliderFileError, convert_slider, load_slider, read_slider, save_slider
 from .full_rank import make_full_rank_trainable
+from .hub import HubError, build_model_card, push_slider_to_hub, write_model_card
+from .metadata import SliderMetadata
 from .sampler import SliderBackend, SliderBatchInfo, SliderBatchSampler
 from .scaling import SliderScaler, slider_strength
 from .targets import SliderTargets, TargetingError, find_architecture, resolve_targets
@@ -24,6 +27,7 @@ __all__ = [
     "ARCHITECTURES",
     "ArchitectureSpec",
     "FAMILY_ALIASES",
+    "HubError",
     "ImageCaptionFolder",
     "Rule",
     "SliderBackend",
@@ -31,21 +35,31 @@ __all__ = [
     "SliderBatchSampler",
     "SliderConcatDataset",
     "SliderDataset",
+    "SliderFile",
+    "SliderFileError",
     "SliderLoHaConfig",
     "SliderLoKrConfig",
     "SliderLoraConfig",
+    "SliderMetadata",
     "SliderScaler",
     "SliderTargets",
     "TargetingError",
     "activate_adapters",
     "add_assistant_adapter",
     "batch_strength",
+    "build_model_card",
+    "convert_slider",
     "find_architecture",
     "freeze_adapter",
     "frozen_adapter_names",
     "load_simpletuner_backends",
+    "load_slider",
     "make_full_rank_trainable",
+    "push_slider_to_hub",
+    "read_slider",
     "resolve_targets",
+    "save_slider",
     "slider_adapter_names",
     "slider_strength",
+    "write_model_card",
 ]

@@ -36,6 +36,14 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from .export import convert_slider
+
+    path = convert_slider(args.src, args.dst, to=args.to, architecture=args.architecture, weight_name=args.weight_name)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peft-slider", description="Concept-slider LoRAs for diffusers and PEFT.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON for machines")
     inspect.add_argument("--list", action="store_true", help="list the built-in models and known architectures")
     inspect.set_defaults(handler=_inspect)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a slider between the diffusers, PEFT and ComfyUI formats",
+        description="Convert a slider file or folder (diffusers pytorch_lora_weights.safetensors, PEFT "
+        "adapter_model.safetensors + adapter_config.json, kohya/ComfyUI .safetensors) to another format. The file is "
+        "checked as it is read; the slider metadata is carried over.",
+    )
+    convert.add_argument("src", help="slider file or folder")
+    convert.add_argument("dst", help="output folder (for --to comfyui also a .safetensors path)")
+    convert.add_argument("--to", required=True, choices=("diffusers", "peft", "comfyui"))
+    convert.add_argument(
+        "--architecture", help="diffusers class or family (e.g. sdxl, flux) for files without metadata"
+    )
+    convert.add_argument("--weight_name", help="the file to read when SRC is a folder holding several")
+    convert.set_defaults(handler=_convert)
     return parser
 
 

@@ -1,0 +1,912 @@
+# Copyright 2025 The peft_slider Authors. Licensed under the Apache License, Version 2.0.
+"""Save sliders in every format users load, load any of them into a pipeline, and convert between them.
+
+Formats:
+
+- ``"diffusers"``: `pytorch_lora_weights.safetensors`, written by the pipeline class's own `save_lora_weights` (keys
+  `unet.<module>...` or `transformer.<module>...`, the LoRA config under the `lora_adapter_metadata` header key), so
+  `pipe.load_lora_weights(folder)` loads it at the trained scale. A raw PEFT file does not load there.
+- ``"peft"``: `adapter_config.json` + `adapter_model.safetensors`, for `PeftModel.from_pretrained`.
+- ``"comfyui"``: one `.safetensors` file in the layout ComfyUI/A1111 read for the family (see `peft_slider.kohya`).
+
+Every file carries the slider metadata (`peft_slider.*` header keys, see `peft_slider.metadata`), next to and never
+inside `lora_adapter_metadata`, so diffusers' `LoraConfig(**metadata)` still works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from . import kohya
+from .metadata import SliderMetadata, read_safetensors_header
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+__all__ = [
+    "DIFFUSERS_WEIGHT_NAME",
+    "FORMATS",
+    "PEFT_CONFIG_NAME",
+    "PEFT_WEIGHT_NAME",
+    "SliderFile",
+    "SliderFileError",
+    "convert_slider",
+    "load_slider",
+    "read_slider",
+    "save_slider",
+]
+
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+PEFT_WEIGHT_NAME = "adapter_model.safetensors"
+PEFT_CONFIG_NAME = "adapter_config.json"
+FORMATS = ("diffusers", "peft", "comfyui")
+_PEFT_PREFIX = "base_model.model."
+_LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # the one header key diffusers reads
+
+# The diffusers LoRA loader mixin and component name per denoiser class (diffusers 0.42.1). Any pipeline built on the
+# class writes and reads this layout; classes missing here (PixArt, Stable Cascade, the ControlNets) have no pipeline
+# LoRA loader in diffusers and are saved in the PEFT format only.
+_LORA_LOADERS: dict[str, tuple[str, str]] = {
+    "UNet2DConditionModel": ("StableDiffusionLoraLoaderMixin", "unet"),  # SD 1.x/2.x; SDXL's mixin writes the same
+    "SD3Transformer2DModel": ("SD3LoraLoaderMixin", "transformer"),
+    "FluxTransformer2DModel": ("FluxLoraLoaderMixin", "transformer"),
+    "ChromaTransformer2DModel": ("FluxLoraLoaderMixin", "transformer"),  # ChromaPipeline uses Flux's mixin
+    "Flux2Transformer2DModel": ("Flux2LoraLoaderMixin", "transformer"),
+    "AuraFlowTransformer2DModel": ("AuraFlowLoraLoaderMixin", "transformer"),
+    "ZImageTransformer2DModel": ("ZImageLoraLoaderMixin", "transformer"),
+    "Lumina2Transformer2DModel": ("Lumina2LoraLoaderMixin", "transformer"),
+    "QwenImageTransformer2DModel": ("QwenImageLoraLoaderMixin", "transformer"),
+    "WanTransformer3DModel": ("WanLoraLoaderMixin", "transformer"),
+    "HiDreamImageTransformer2DModel": ("HiDreamImageLoraLoaderMixin", "transformer"),
+    "LTXVideoTransformer3DModel": ("LTXVideoLoraLoaderMixin", "transformer"),
+    "CosmosTransformer3DModel": ("CosmosLoraLoaderMixin", "transformer"),
+    "Kandinsky5Transformer3DModel": ("KandinskyLoraLoaderMixin", "transformer"),
+    "SanaTransformer2DModel": ("SanaLoraLoaderMixin", "transformer"),
+}
+# For a diffusers file whose family is unknown: the layout depends only on the component prefix.
+_GENERIC_LOADERS = {"unet": "StableDiffusionLoraLoaderMixin", "transformer": "SD3LoraLoaderMixin"}
+
+
+class SliderFileError(ValueError):
+    """A slider file cannot be read or does not fit the model: truncated, corrupted, wrong keys, wrong architecture."""
+
+
+@dataclass
+class SliderFile:
+    """A slider as read from (or about to be written to) any format.
+
+    Args:
+        tensors (`dict[str, torch.Tensor]`):
+            PEFT layout without prefix: `<module>.lora_A.weight` and `<module>.lora_B.weight`.
+        config (`dict`):
+            `peft.LoraConfig` keyword arguments (only LoraConfig fields); `r`, `lora_alpha`, `rank_pattern`,
+            `alpha_pattern` and `use_rslora` give each module's scale.
+        metadata (`SliderMetadata`, *optional*):
+            The slider metadata from the header.
+        source (`str`):
+            Where it was read from, for messages.
+        format (`str`):
+            The format it was read from: ``"diffusers"``, ``"peft"``, ``"comfyui"`` (kohya or `transformer.` keys
+            without config) or ``"model"``.
+        component (`str`, *optional*):
+            The pipeline component the file's keys name (``"unet"`` or ``"transformer"``), when they name one.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    metadata: SliderMetadata | None = None
+    source: str = "<memory>"
+    format: str = "model"
+    component: str | None = None
+
+    @property
+    def modules(self) -> list[str]:
+        """The adapted module names, sorted."""
+        return sorted({key.rsplit(".", 2)[0] for key in self.tensors})
+
+    @property
+    def architecture(self) -> str | None:
+        """The denoiser class the slider was made for, from its metadata."""
+        return None if self.metadata is None else self.metadata.architecture
+
+    def scales(self) -> dict[str, float]:
+        """Per module, the factor the LoRA update is multiplied by at strength 1 (PEFT's `scaling`)."""
+        from peft.utils.other import get_pattern_key
+
+        rank_pattern = self.config.get("rank_pattern") or {}
+        alpha_pattern = self.config.get("alpha_pattern") or {}
+        scales = {}
+        for module in self.modules:
+            rank = self.tensors[f"{module}.lora_A.weight"].shape[0]
+            expected = rank_pattern.get(get_pattern_key(rank_pattern.keys(), module), self.config.get("r", 8))
+            if expected != rank:
+                raise SliderFileError(
+                    f"{self.source}: the config gives module {module!r} rank {expected}, its weights have rank {rank}."
+                )
+            alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), self.config.get("lora_alpha", 8))
+            scales[module] = alpha / math.sqrt(rank) if self.config.get("use_rslora") else alpha / rank
+        return scales
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Configs and state dicts
+
+
+def _lora_config_fields() -> set[str]:
+    from peft import LoraConfig
+
+    return {item.name for item in dataclasses.fields(LoraConfig) if item.init}
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if hasattr(value, "value") and isinstance(value, str):  # str enums (PeftType, TaskType)
+        return value.value
+    return value
+
+
+def _lora_config_dict(config: Any) -> dict[str, Any]:
+    """The LoraConfig fields of a config (object or dict), JSON-ready; slider-only or unknown fields dropped."""
+    raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    fields = _lora_config_fields()
+    return {key: _json_ready(value) for key, value in raw.items() if key in fields}
+
+
+def _exact_pattern(name: str) -> str:
+    # PEFT matches pattern keys with re.match(rf"(.*\.)?({key})$", name); a leading ^ makes the key match one name only.
+    return "^" + re.escape(name)
+
+
+def _config_from_alphas(tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]) -> dict[str, Any]:
+    """A LoraConfig dict reproducing per-module ranks and alphas read from a file that had no config."""
+    ranks = {module: tensors[f"{module}.lora_A.weight"].shape[0] for module in alphas}
+    rank = Counter(ranks.values()).most_common(1)[0][0]
+    alpha = Counter(alphas.values()).most_common(1)[0][0]
+    names = sorted(alphas)
+    return {
+        "r": rank,
+        "lora_alpha": alpha,
+        # A string is fullmatched by PEFT: exactly these modules, never a name that merely ends like one of them.
+        "target_modules": "(?:" + "|".join(re.escape(name) for name in names) + ")",
+        "rank_pattern": {_exact_pattern(m): r for m, r in ranks.items() if r != rank},
+        "alpha_pattern": {_exact_pattern(m): a for m, a in alphas.items() if a != alpha},
+    }
+
+
+def _check_lora_tensors(tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Every module has both LoRA matrices with matching rank, and nothing else is in the file."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    unexpected = []
+    for key, tensor in tensors.items():
+        match = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight", key)
+        if match is None:
+            unexpected.append(key)
+        else:
+            pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
+        raise SliderFileError(
+            f"{source}: {len(unexpected)} unexpected key(s) that are not LoRA weights: {shown}. Only "
+            "`<module>.lora_A.weight` / `.lora_B.weight` keys are read; remove the others or re-export the slider."
+        )
+    if not pairs:
+        raise SliderFileError(f"{source}: holds no LoRA weights.")
+    for module, pair in sorted(pairs.items()):
+        if len(pair) != 2:
+            missing = "lora_B" if "lora_A" in pair else "lora_A"
+            raise SliderFileError(f"{source}: module {module!r} is missing its {missing} weight (key dropped?).")
+        lora_a, lora_b = pair["lora_A"], pair["lora_B"]
+        if lora_a.ndim < 2 or lora_b.ndim < 2 or lora_a.shape[0] != lora_b.shape[1]:
+            raise SliderFileError(
+                f"{source}: module {module!r} has lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)}, "
+                "whose ranks do not match."
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# From a model
+
+
+def _denoiser_and_pipeline_class(model_or_pipe: Any) -> tuple[nn.Module, type | None]:
+    if isinstance(getattr(model_or_pipe, "components", None), dict):
+        from .tiny_pipelines import denoiser_of
+
+        return denoiser_of(model_or_pipe), type(model_or_pipe)
+    if isinstance(model_or_pipe, nn.Module):
+        return model_or_pipe, None
+    raise TypeError(
+        f"`model_or_pipe` must be a diffusers pipeline, a PeftModel or a denoiser with adapters, got "
+        f"{type(model_or_pipe).__name__}."
+    )
+
+
+def _class_name(model: nn.Module) -> str | None:
+    from .targets import TargetingError, find_architecture
+
+    try:
+        return find_architecture(model).class_name
+    except (TargetingError, TypeError):
+        return None
+
+
+def _slider_from_model(model: nn.Module, adapter_name: str, metadata: SliderMetadata | None) -> SliderFile:
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    configs = getattr(model, "peft_config", None) or {}
+    if adapter_name not in configs:
+        raise ValueError(
+            f"`adapter_name` {adapter_name!r} is not an adapter of this {type(model).__name__}; its adapters are "
+            f"{sorted(configs) or 'none'}. Pass one of them."
+        )
+    config = configs[adapter_name]
+    if not isinstance(config, LoraConfig):
+        raise ValueError(
+            f"Adapter {adapter_name!r} is a {type(config).__name__}; save_slider writes LoRA sliders. Use PEFT's "
+            "`model.save_pretrained(...)` for LoKr/LoHa adapters."
+        )
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    tensors = {key.removeprefix(_PEFT_PREFIX): value.detach().cpu().contiguous() for key, value in state.items()}
+    unsupported = sorted(key for key in tensors if not re.fullmatch(r".+\.lora_[AB]\.weight", key))
+    if unsupported:
+        raise ValueError(
+            f"Adapter {adapter_name!r} has weights beyond plain LoRA ({unsupported[:3]}, e.g. DoRA or lora_bias); "
+            "save_slider supports plain LoRA sliders. Train without `use_dora`/`lora_bias`."
+        )
+    class_name = _class_name(model)
+    if metadata is None:
+        metadata = SliderMetadata()
+    if metadata.architecture is not None and class_name is not None and metadata.architecture != class_name:
+        raise ValueError(
+            f"`metadata.architecture` is {metadata.architecture!r} but the model is a {class_name}; fix the metadata."
+        )
+    config_dict = _lora_config_dict(config)
+    filled = {
+        "architecture": metadata.architecture or class_name,
+        "rank": metadata.rank if metadata.rank is not None else config_dict.get("r"),
+        "alpha": metadata.alpha if metadata.alpha is not None else config_dict.get("lora_alpha"),
+        "base_model": metadata.base_model or config_dict.get("base_model_name_or_path"),
+        # A SliderLoraConfig keeps its scope on the object (never serialized); a plain LoraConfig has none.
+        "scope": metadata.scope or getattr(config, "scope", None),
+    }
+    metadata = dataclasses.replace(metadata, **filled)
+    return SliderFile(tensors=tensors, config=config_dict, metadata=metadata, source=type(model).__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Writers
+
+
+def _atomic_save(tensors: Mapping[str, torch.Tensor], path: Path, header: Mapping[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(dict(tensors), str(temporary), metadata={"format": "pt", **header})
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _loader_for(slider: SliderFile, pipeline_class: type | None, component: str | None) -> tuple[type, str]:
+    """The class whose `save_lora_weights` writes the diffusers file, and the component (`unet`/`transformer`)."""
+    import diffusers.loaders.lora_pipeline as lora_pipeline
+
+    row = _LORA_LOADERS.get(slider.architecture or "")
+    if pipeline_class is not None:
+        if not hasattr(pipeline_class, "save_lora_weights"):
+            raise ValueError(
+                f"`pipeline_class` {pipeline_class.__name__} has no LoRA support in diffusers; save with "
+                "formats=('peft',)."
+            )
+        component = component or (row[1] if row else None)
+        loadable = getattr(pipeline_class, "_lora_loadable_modules", [])
+        if component is None:
+            component = "transformer" if "transformer" in loadable else "unet"
+        return pipeline_class, component
+    if row is not None:
+        return getattr(lora_pipeline, row[0]), row[1]
+    if component in _GENERIC_LOADERS:
+        return getattr(lora_pipeline, _GENERIC_LOADERS[component]), component
+    known = ", ".join(sorted(_LORA_LOADERS))
+    raise ValueError(
+        f"No diffusers LoRA loader is known for architecture {slider.architecture!r} (known: {known}). Pass "
+        "`pipeline_class=` (the pipeline you load it with), or save with formats=('peft',)."
+    )
+
+
+def _write_diffusers(
+    slider: SliderFile, directory: Path, *, pipeline_class: type | None = None, component: str | None = None
+) -> Path:
+    from safetensors.torch import load_file
+
+    loader, component = _loader_for(slider, pipeline_class, component)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        # diffusers' own writer fixes the key layout and the `lora_adapter_metadata` entry it reads back.
+        loader.save_lora_weights(
+            scratch,
+            **{f"{component}_lora_layers": slider.tensors, f"{component}_lora_adapter_metadata": dict(slider.config)},
+        )
+        written = Path(scratch, DIFFUSERS_WEIGHT_NAME)
+        header = read_safetensors_header(written)
+        tensors = load_file(str(written))
+    header.update(_slider_header(slider))
+    path = directory / DIFFUSERS_WEIGHT_NAME
+    _atomic_save(tensors, path, header)
+    return path
+
+
+def _slider_header(slider: SliderFile) -> dict[str, str]:
+    return {} if slider.metadata is None else slider.metadata.to_header()
+
+
+def _write_peft(slider: SliderFile, directory: Path) -> Path:
+    from peft import LoraConfig
+
+    config = dict(slider.config)
+    if slider.metadata is not None and slider.metadata.base_model and not config.get("base_model_name_or_path"):
+        config["base_model_name_or_path"] = slider.metadata.base_model
+    directory.mkdir(parents=True, exist_ok=True)
+    LoraConfig(**config).save_pretrained(str(directory))
+    path = directory / PEFT_WEIGHT_NAME
+    _atomic_save({_PEFT_PREFIX + key: value for key, value in slider.tensors.items()}, path, _slider_header(slider))
+    return path
+
+
+def comfyui_file_name(metadata: SliderMetadata | None) -> str:
+    """`<concept>_comfyui.safetensors` (`slider_comfyui.safetensors` without a concept), safe as a file name."""
+    concept = metadata.concept if metadata is not None else None
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", concept or "").strip("_").lower() or "slider"
+    return f"{stem}_comfyui.safetensors"
+
+
+def _write_comfyui(slider: SliderFile, path: Path) -> Path:
+    layout = _comfyui_layout(slider)
+    scales = slider.scales()
+    header = _slider_header(slider)
+    if layout == "kohya":
+        ranks = {module: slider.tensors[f"{module}.lora_A.weight"].shape[0] for module in scales}
+        alphas = {module: scales[module] * ranks[module] for module in scales}
+        tensors = kohya.to_kohya(slider.tensors, alphas)
+        header.update(
+            kohya.kohya_header(
+                Counter(ranks.values()).most_common(1)[0][0], Counter(alphas.values()).most_common(1)[0][0]
+            )
+        )
+    else:
+        tensors = kohya.to_comfyui_transformer(slider.tensors, scales)
+    _atomic_save(tensors, path, header)
+    return path
+
+
+def _check_formats(formats: Any, comfyui: bool) -> list[str]:
+    if isinstance(formats, str):
+        formats = (formats,)
+    if not isinstance(formats, Iterable):
+        raise TypeError(f"`formats` must be a sequence of format names from {FORMATS}, got {formats!r}.")
+    chosen = list(dict.fromkeys(formats))
+    unknown = [name for name in chosen if name not in FORMATS]
+    if unknown:
+        raise ValueError(f"`formats` must hold names from {FORMATS}, got {unknown}.")
+    if comfyui and "comfyui" not in chosen:
+        chosen.append("comfyui")
+    if not chosen:
+        raise ValueError("`formats` is empty; pass at least one of ('diffusers', 'peft', 'comfyui').")
+    return chosen
+
+
+def _comfyui_layout(slider: SliderFile) -> str:
+    layout = kohya.COMFYUI_LAYOUTS.get(slider.architecture or "")
+    if layout is None:
+        known = ", ".join(sorted(kohya.COMFYUI_LAYOUTS))
+        raise ValueError(
+            f"No ComfyUI layout is known for architecture {slider.architecture!r}; ComfyUI-ready files are written "
+            f"for: {known}. For another family use the diffusers format, or name the family with `architecture=`."
+        )
+    return layout
+
+
+def _write(
+    slider: SliderFile, directory: Path, formats: Sequence[str], *, pipeline_class: type | None, component: str | None
+) -> dict[str, Path]:
+    # Check every requested format can be written before writing any, so a bad request leaves no partial folder.
+    if "diffusers" in formats:
+        _loader_for(slider, pipeline_class, component)
+    if "comfyui" in formats:
+        _comfyui_layout(slider)
+    paths = {}
+    for name in formats:
+        if name == "diffusers":
+            paths[name] = _write_diffusers(slider, directory, pipeline_class=pipeline_class, component=component)
+        elif name == "peft":
+            paths[name] = _write_peft(slider, directory)
+        else:
+            paths[name] = _write_comfyui(slider, directory / comfyui_file_name(slider.metadata))
+    return paths
+
+
+def save_slider(
+    model_or_pipe: Any,
+    save_directory: str | os.PathLike,
+    *,
+    adapter_name: str = "default",
+    formats: Sequence[str] = ("diffusers", "peft"),
+    metadata: SliderMetadata | None = None,
+    comfyui: bool = False,
+    pipeline_class: type | None = None,
+) -> dict[str, Path]:
+    """Save a slider adapter in the formats users load, each with the slider metadata in its header.
+
+    Args:
+        model_or_pipe (`DiffusionPipeline`, `PeftModel` or `torch.nn.Module`):
+            A pipeline whose denoiser carries the adapter, a `PeftModel`, or a denoiser with the adapter injected
+            (`model.add_adapter(config, adapter_name=...)`).
+        save_directory (`str` or `os.PathLike`):
+            The folder to write (created if needed).
+        adapter_name (`str`, *optional*, defaults to `"default"`):
+            The adapter to save.
+        formats (`Sequence[str]`, *optional*, defaults to `("diffusers", "peft")`):
+            Any of ``"diffusers"`` (`pytorch_lora_weights.safetensors`), ``"peft"`` (`adapter_config.json` +
+            `adapter_model.safetensors`) and ``"comfyui"``; both first ones can share a folder.
+        metadata (`SliderMetadata`, *optional*):
+            Slider metadata; architecture, rank, alpha and base model are filled in from the model when unset.
+        comfyui (`bool`, *optional*, defaults to `False`):
+            Also write `<concept>_comfyui.safetensors` for ComfyUI/A1111 (kohya keys for SD 1.x/SDXL,
+            `transformer.` keys with the scale baked in for the DiTs ComfyUI reads that way).
+        pipeline_class (`type`, *optional*):
+            The pipeline class whose `save_lora_weights` writes the diffusers file; by default the pipeline's own
+            class, or for a bare model the loader of its architecture.
+
+    Returns:
+        `dict[str, pathlib.Path]`: the weight file written per format.
+
+    Example:
+
+    ```py
+    >>> import tempfile
+    >>> from diffusers import DiffusionPipeline
+    >>> from peft_slider import SliderLoraConfig
+    >>> from peft_slider.export import save_slider
+    >>> from peft_slider.metadata import SliderMetadata
+    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> pipe = build_tiny_pipeline("flux")
+    >>> pipe.transformer.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, model=pipe.transformer), adapter_name="smile")
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     paths = save_slider(pipe, folder, adapter_name="smile", metadata=SliderMetadata(concept="smiling"))
+    ...     pipe.load_lora_weights(folder, adapter_name="reloaded")
+    ...     sorted(p.name for p in paths.values())
+    ['adapter_model.safetensors', 'pytorch_lora_weights.safetensors']
+    ```
+    """
+    chosen = _check_formats(formats, comfyui)
+    if metadata is not None and not isinstance(metadata, SliderMetadata):
+        raise TypeError(f"`metadata` must be a SliderMetadata or None, got {type(metadata).__name__}.")
+    denoiser, own_pipeline_class = _denoiser_and_pipeline_class(model_or_pipe)
+    slider = _slider_from_model(denoiser, adapter_name, metadata)
+    component = None
+    if own_pipeline_class is not None:
+        from .tiny_pipelines import denoiser_attr
+
+        component = denoiser_attr(model_or_pipe)
+    return _write(
+        slider,
+        Path(save_directory),
+        chosen,
+        pipeline_class=pipeline_class or own_pipeline_class,
+        component=component,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Readers
+
+
+def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        header = read_safetensors_header(path)
+    except ValueError as error:
+        raise SliderFileError(str(error)) from None
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise SliderFileError(
+            f"{str(path)!r} is not a readable safetensors file (truncated or corrupted): {error}. Save or download it "
+            "again."
+        ) from None
+    return tensors, header
+
+
+def _weights_file(folder: Path, weight_name: str | None) -> Path:
+    if weight_name is not None:
+        path = folder / weight_name
+        if not path.is_file():
+            raise SliderFileError(f"{str(folder)!r} has no file {weight_name!r}.")
+        return path
+    for name in (DIFFUSERS_WEIGHT_NAME, PEFT_WEIGHT_NAME):
+        if (folder / name).is_file():
+            return folder / name
+    candidates = sorted(path.name for path in folder.glob("*.safetensors"))
+    if len(candidates) == 1:
+        return folder / candidates[0]
+    if not candidates:
+        raise SliderFileError(f"{str(folder)!r} holds no .safetensors slider file.")
+    raise SliderFileError(f"{str(folder)!r} holds several .safetensors files {candidates}; pass `weight_name=`.")
+
+
+def read_slider(
+    path: str | os.PathLike, *, weight_name: str | None = None, module_names: Iterable[str] | None = None
+) -> SliderFile:
+    """Read a slider in any supported format, checking the file as it goes.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            A `.safetensors` file or a folder (its `pytorch_lora_weights.safetensors`, else `adapter_model.safetensors`,
+            else its only `.safetensors` file).
+        weight_name (`str`, *optional*):
+            The file to read in a folder.
+        module_names (`Iterable[str]`, *optional*):
+            The target model's module names, to rebuild kohya names exactly.
+
+    Raises:
+        `SliderFileError`: the file is truncated or corrupted, its keys are in no known layout, a LoRA matrix is
+        missing, extra keys are present, or a PEFT file has no readable `adapter_config.json`.
+
+    Example:
+
+    ```py
+    >>> import tempfile
+    >>> from peft_slider import SliderLoraConfig
+    >>> from peft_slider.export import read_slider, save_slider
+    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> pipe = build_tiny_pipeline("sd15")
+    >>> pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, model=pipe.unet))
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     _ = save_slider(pipe, folder, comfyui=True)
+    ...     slider = read_slider(f"{folder}/slider_comfyui.safetensors")
+    >>> slider.format, slider.architecture, set(slider.scales().values())
+    ('comfyui', 'UNet2DConditionModel', {2.0})
+    ```
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = _weights_file(path, weight_name)
+    elif not path.is_file():
+        raise SliderFileError(f"{str(path)!r} does not exist.")
+    source = repr(str(path))
+    tensors, header = _load_tensors(path)
+    try:
+        metadata = SliderMetadata.from_header(header)
+    except ValueError as error:
+        raise SliderFileError(f"{source}: bad slider metadata in the header: {error}") from None
+    keys = list(tensors)
+    if keys and all(key.startswith(kohya.KOHYA_UNET_PREFIX) for key in keys):
+        try:
+            try:
+                tensors, alphas = kohya.from_kohya(tensors, module_names=module_names)
+            except ValueError:
+                # Names the model lacks: rebuild them from the UNet vocabulary, and let the fit check report them.
+                tensors, alphas = kohya.from_kohya(tensors)
+        except ValueError as error:
+            raise SliderFileError(f"{source}: {error}") from None
+        _check_lora_tensors(tensors, source)
+        return SliderFile(tensors, _config_from_alphas(tensors, alphas), metadata, source, "comfyui", "unet")
+    if keys and all(key.startswith(_PEFT_PREFIX) for key in keys):
+        tensors = {key.removeprefix(_PEFT_PREFIX): value for key, value in tensors.items()}
+        _check_lora_tensors(tensors, source)
+        config_path = path.with_name(PEFT_CONFIG_NAME)
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise SliderFileError(
+                f"{source} is a PEFT adapter file but {str(config_path)!r} could not be read ({error}); PEFT files "
+                f"need their {PEFT_CONFIG_NAME} beside them."
+            ) from None
+        return SliderFile(tensors, _lora_config_dict(config), metadata, source, "peft")
+    for component in ("unet", "transformer"):
+        prefix = component + "."
+        if keys and all(key.startswith(prefix) for key in keys):
+            raw = header.get(_LORA_ADAPTER_METADATA_KEY)
+            if raw is None:
+                # No config: a `transformer.` file from ComfyUI-style export (scale baked, or `.alpha` keys).
+                try:
+                    tensors, alphas = kohya.from_comfyui_transformer(tensors, prefix=prefix)
+                except ValueError as error:
+                    raise SliderFileError(f"{source}: {error}") from None
+                _check_lora_tensors(tensors, source)
+                config = _config_from_alphas(tensors, alphas)
+                return SliderFile(tensors, config, metadata, source, "comfyui", component)
+            tensors = {key.removeprefix(prefix): value for key, value in tensors.items()}
+            _check_lora_tensors(tensors, source)
+            try:
+                packed = json.loads(raw)
+            except json.JSONDecodeError as error:
+                message = f"{source}: header entry {_LORA_ADAPTER_METADATA_KEY!r} is not JSON: {error}."
+                raise SliderFileError(message) from None
+            config = {key.removeprefix(prefix): value for key, value in packed.items() if key.startswith(prefix)}
+            return SliderFile(tensors, _lora_config_dict(config), metadata, source, "diffusers", component)
+    shown = ", ".join(keys[:3]) if keys else "none"
+    raise SliderFileError(
+        f"{source}: keys are in no slider layout peft_slider reads (diffusers `unet.`/`transformer.`, PEFT "
+        f"`base_model.model.`, kohya `lora_unet_`, all in one file); first keys: {shown}."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading into a pipeline
+
+
+def _check_fits(slider: SliderFile, denoiser: nn.Module) -> None:
+    """The slider's modules exist in the denoiser with the shapes its matrices expect."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    try:
+        LoraConfig(**slider.config)
+    except (TypeError, ValueError) as error:
+        raise SliderFileError(f"{slider.source}: its LoRA config does not build a peft LoraConfig: {error}") from None
+    slider.scales()  # ranks in the config agree with the matrices
+    class_name = _class_name(denoiser) or type(denoiser).__name__
+    if slider.architecture is not None and slider.architecture != class_name:
+        raise SliderFileError(
+            f"{slider.source} is a slider for {slider.architecture}, but this pipeline's denoiser is a {class_name}. "
+            "Load it into a pipeline of its own family."
+        )
+    modules = dict(denoiser.named_modules())
+    missing = [name for name in slider.modules if name not in modules]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise SliderFileError(
+            f"{slider.source}: {len(missing)} of its {len(slider.modules)} modules do not exist in this "
+            f"{class_name}: {shown}. It was made for another model (or model size)."
+        )
+    for name in slider.modules:
+        module = modules[name]
+        if isinstance(module, BaseTunerLayer):
+            module = module.get_base_layer()
+        lora_a = slider.tensors[f"{name}.lora_A.weight"]
+        lora_b = slider.tensors[f"{name}.lora_B.weight"]
+        if isinstance(module, nn.Linear):
+            fits = (
+                lora_a.ndim == 2 and lora_a.shape[1] == module.in_features and lora_b.shape[0] == module.out_features
+            )
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            fits = (
+                lora_a.ndim == module.weight.ndim
+                and lora_a.shape[1] * module.groups == module.in_channels
+                and lora_b.shape[0] == module.out_channels
+            )
+        else:
+            raise SliderFileError(
+                f"{slider.source}: module {name!r} is a {type(module).__name__} in this {class_name}, not a "
+                "Linear/Conv layer a LoRA can adapt."
+            )
+        if not fits:
+            raise SliderFileError(
+                f"{slider.source}: module {name!r} has weight {tuple(module.weight.shape)} in this {class_name}, but "
+                f"the slider's matrices are lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)}. It was "
+                "made for another model size."
+            )
+
+
+def _resolve_source(path_or_repo: str | os.PathLike, weight_name: str | None, **hub_options: Any) -> Path:
+    """A local slider file or folder, downloading from the Hub when `path_or_repo` is a repo id."""
+    path = Path(path_or_repo)
+    if path.exists():
+        return path
+    text = os.fspath(path_or_repo)
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        raise SliderFileError(f"{text!r} is neither an existing file or folder nor a Hub repo id ('owner/name').")
+    from .hub import download_slider
+
+    return download_slider(text, weight_name=weight_name, **hub_options)
+
+
+def _adapters_of(pipe: DiffusionPipeline) -> set[str]:
+    return {name for names in pipe.get_list_adapters().values() for name in names}
+
+
+def _check_strength(strength: Any) -> float | None:
+    if strength is None:
+        return None
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+        raise ValueError(f"`strength` must be a finite number such as 1.0 or -0.5, got {strength!r}.")
+    return float(strength)
+
+
+def load_slider(
+    pipe: DiffusionPipeline,
+    path_or_repo: str | os.PathLike,
+    *,
+    adapter_name: str,
+    weight_name: str | None = None,
+    strength: float | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+) -> str:
+    """Load a slider in any format (diffusers, PEFT, kohya/ComfyUI) into a pipeline's denoiser.
+
+    The file is read and checked against the denoiser first (layout, architecture, module names and shapes); nothing
+    is added to the pipeline unless the whole slider fits, and a failure inside diffusers removes what it added.
+
+    Args:
+        pipe (`DiffusionPipeline`):
+            A pipeline with diffusers LoRA support (`load_lora_weights`).
+        path_or_repo (`str` or `os.PathLike`):
+            A `.safetensors` file, a folder written by `save_slider`, or a Hub repo id.
+        adapter_name (`str`):
+            The adapter name to load under; must be new to the pipeline.
+        weight_name (`str`, *optional*):
+            The file to read in a folder or repo.
+        strength (`float`, *optional*):
+            Set the slider's strength after loading (as `pipe.set_adapters` would, other adapters untouched).
+        token (`str` or `bool`, *optional*):
+            Hub token for a private repo; by default the one `hf auth login` saved.
+        revision (`str`, *optional*):
+            Hub revision (branch, tag or commit).
+        endpoint (`str`, *optional*):
+            Hub URL; by default `HF_ENDPOINT` or https://huggingface.co.
+
+    Returns:
+        `str`: `adapter_name`.
+
+    Raises:
+        `SliderFileError`: the file is corrupted, in no known layout, made for another architecture or model size.
+
+    Example:
+
+    ```py
+    >>> import tempfile
+    >>> from peft_slider import SliderLoraConfig
+    >>> from peft_slider.export import load_slider, save_slider
+    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> pipe = build_tiny_pipeline("sdxl")
+    >>> pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, model=pipe.unet), adapter_name="age")
+    >>> other = build_tiny_pipeline("sdxl")
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     paths = save_slider(pipe, folder, adapter_name="age", formats=["comfyui"])
+    ...     load_slider(other, paths["comfyui"], adapter_name="age", strength=-1.0)
+    'age'
+    ```
+    """
+    from .tiny_pipelines import denoiser_attr, denoiser_of
+
+    if not isinstance(adapter_name, str) or not adapter_name:
+        raise ValueError(f"`adapter_name` must be a non-empty string, got {adapter_name!r}.")
+    strength = _check_strength(strength)
+    if not hasattr(pipe, "load_lora_weights"):
+        raise TypeError(
+            f"`pipe` ({type(pipe).__name__}) has no diffusers LoRA support (`load_lora_weights`); load the slider with "
+            "PEFT (`PeftModel.from_pretrained`) on its denoiser instead."
+        )
+    existing = _adapters_of(pipe)
+    if adapter_name in existing:
+        raise ValueError(
+            f"`adapter_name` {adapter_name!r} is already loaded in this pipeline; pick another name or call "
+            f"`pipe.delete_adapters({adapter_name!r})` first."
+        )
+    denoiser = denoiser_of(pipe)
+    source = _resolve_source(path_or_repo, weight_name, token=token, revision=revision, endpoint=endpoint)
+    slider = read_slider(
+        source, weight_name=weight_name, module_names=[name for name, _ in denoiser.named_modules() if name]
+    )
+    _check_fits(slider, denoiser)
+    with tempfile.TemporaryDirectory() as scratch:
+        # One loading path for every format: the diffusers file this pipeline's own class writes.
+        _write_diffusers(slider, Path(scratch), pipeline_class=type(pipe), component=denoiser_attr(pipe))
+        try:
+            pipe.load_lora_weights(scratch, weight_name=DIFFUSERS_WEIGHT_NAME, adapter_name=adapter_name)
+        except Exception as error:
+            if adapter_name in _adapters_of(pipe):
+                pipe.delete_adapters(adapter_name)
+            raise SliderFileError(f"{slider.source}: diffusers could not load the slider: {error}") from error
+    loaded = _adapters_of(pipe) - existing
+    if adapter_name not in loaded:
+        raise SliderFileError(f"{slider.source}: diffusers loaded nothing from the slider.")
+    if strength is not None:
+        _set_strength(denoiser, adapter_name, strength)
+    return adapter_name
+
+
+def _set_strength(denoiser: nn.Module, adapter_name: str, strength: float) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    # What diffusers' set_adapters does per layer, for this adapter only (`set_scale` is absolute: s * alpha / r).
+    for module in denoiser.modules():
+        if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "scaling", {}):
+            module.set_scale(adapter_name, strength)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Conversion
+
+
+def convert_slider(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    to: str,
+    architecture: str | None = None,
+    weight_name: str | None = None,
+    pipeline_class: type | None = None,
+) -> Path:
+    """Convert a slider file between the diffusers, PEFT and ComfyUI formats.
+
+    Args:
+        src (`str` or `os.PathLike`):
+            The slider file or folder.
+        dst (`str` or `os.PathLike`):
+            The output folder (for ``"comfyui"`` a `.safetensors` path is also accepted).
+        to (`str`):
+            ``"diffusers"``, ``"peft"`` or ``"comfyui"``.
+        architecture (`str`, *optional*):
+            The denoiser class or family alias, for files without slider metadata.
+        weight_name (`str`, *optional*):
+            The file to read in a folder.
+        pipeline_class (`type`, *optional*):
+            For ``"diffusers"``: the pipeline class whose `save_lora_weights` writes the file.
+
+    Returns:
+        `pathlib.Path`: the weight file written.
+
+    Example:
+
+    ```py
+    >>> import tempfile
+    >>> from peft_slider import SliderLoraConfig
+    >>> from peft_slider.export import convert_slider, read_slider, save_slider
+    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> pipe = build_tiny_pipeline("zimage")
+    >>> pipe.transformer.add_adapter(SliderLoraConfig(r=4, lora_alpha=2, model=pipe.transformer))
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     _ = save_slider(pipe, f"{folder}/src", formats=["peft"])
+    ...     path = convert_slider(f"{folder}/src", f"{folder}/out", to="comfyui")
+    ...     read_slider(path).format
+    'comfyui'
+    ```
+    """
+    if to not in FORMATS:
+        raise ValueError(f"`to` must be one of {FORMATS}, got {to!r}.")
+    slider = read_slider(src, weight_name=weight_name)
+    if architecture is not None:
+        from .targets import TargetingError, find_architecture
+
+        try:
+            class_name = find_architecture(architecture).class_name
+        except TargetingError as error:
+            raise ValueError(f"`architecture`: {error}") from None
+        if slider.architecture is not None and slider.architecture != class_name:
+            raise ValueError(
+                f"`architecture` is {class_name} but {slider.source} records {slider.architecture}; drop the option "
+                "or fix the file."
+            )
+        slider.metadata = dataclasses.replace(
+            slider.metadata or SliderMetadata(peft_slider_version=None), architecture=class_name
+        )
+    dst = Path(dst)
+    if to == "comfyui" and dst.suffix == ".safetensors":
+        return _write_comfyui(slider, dst)
+    # A file of unknown family keeps the component its keys named (kohya `lora_unet_` files are UNet sliders).
+    return _write(slider, dst, [to], pipeline_class=pipeline_class, component=slider.component)[to]

@@ -1,0 +1,217 @@
+# Copyright 2025 The peft_slider Authors. Licensed under the Apache License, Version 2.0.
+"""What a saved slider says about itself, and how that is written into a safetensors header.
+
+A safetensors header holds a flat `str -> str` map. diffusers reads exactly one key of it, `lora_adapter_metadata` (a
+JSON `LoraConfig` dict: any extra field there breaks loading), and kohya/A1111 tools read `ss_*` keys. Slider metadata
+therefore lives under its own keys, `peft_slider.<field>`, each value a JSON text, next to those and never inside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .architectures import SCOPES
+
+__all__ = ["HEADER_PREFIX", "SliderMetadata", "read_safetensors_header"]
+
+HEADER_PREFIX = "peft_slider."
+"""Prefix of the slider keys in a safetensors header (`peft_slider.concept`, `peft_slider.architecture`, ...)."""
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _check_range(value: Any, name: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"`{name}` must be a (min, max) pair of numbers such as (-2.0, 2.0), got {value!r}.")
+    low, high = value
+    for number in (low, high):
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise ValueError(f"`{name}` must hold two finite numbers such as (-2.0, 2.0), got {value!r}.")
+    if low > high:
+        raise ValueError(f"`{name}` must be (min, max) with min <= max, got {value!r}; swap the two numbers.")
+    return float(low), float(high)
+
+
+@dataclass
+class SliderMetadata:
+    """What a slider file records about itself, in its safetensors header.
+
+    Every field is optional, so a file saved without knowing (say) the base model still carries the rest. Values are
+    checked when the object is made, so a file never records a range with min > max or a start fraction of 1.5.
+
+    Args:
+        concept (`str`, *optional*):
+            The concept the slider moves, as users should read it ("smiling", "age").
+        base_model (`str`, *optional*):
+            The base model's Hub id or path ("black-forest-labs/FLUX.1-dev").
+        architecture (`str`, *optional*):
+            The diffusers class of the denoiser ("FluxTransformer2DModel"); a family alias ("flux") is turned into
+            the class name.
+        scope (`str`, *optional*):
+            The targeting scope the slider was trained with, ``"visual"`` or ``"joint"``.
+        trained_strengths (`tuple[float, float]`, *optional*):
+            The (min, max) strengths seen in training.
+        recommended_range (`tuple[float, float]`, *optional*):
+            The (min, max) strengths that give good images at inference.
+        slider_start (`float`, *optional*):
+            The fraction of the denoising schedule to run without the slider before switching it on (in [0, 1)), which
+            keeps the base image's composition.
+        rank (`int`, *optional*):
+            The LoRA rank.
+        alpha (`float`, *optional*):
+            The LoRA alpha; strength 1 scales the update by `alpha / rank`.
+        peft_slider_version (`str`, *optional*, defaults to the installed version):
+            The peft_slider version that wrote the file.
+
+    Example:
+
+    ```py
+    >>> from peft_slider.metadata import SliderMetadata
+    >>> metadata = SliderMetadata(concept="smiling", architecture="flux", recommended_range=(-2, 2))
+    >>> header = metadata.to_header()
+    >>> header["peft_slider.architecture"]
+    '"FluxTransformer2DModel"'
+    >>> SliderMetadata.from_header(header) == metadata
+    True
+    ```
+    """
+
+    concept: str | None = field(default=None, metadata={"help": "The concept the slider moves."})
+    base_model: str | None = field(default=None, metadata={"help": "Hub id or path of the base model."})
+    architecture: str | None = field(default=None, metadata={"help": "diffusers class name of the denoiser."})
+    scope: str | None = field(default=None, metadata={"help": "Targeting scope: 'visual' or 'joint'."})
+    trained_strengths: tuple[float, float] | None = field(
+        default=None, metadata={"help": "(min, max) strengths seen in training."}
+    )
+    recommended_range: tuple[float, float] | None = field(
+        default=None, metadata={"help": "(min, max) strengths recommended at inference."}
+    )
+    slider_start: float | None = field(
+        default=None, metadata={"help": "Fraction of the schedule run before the slider is switched on, in [0, 1)."}
+    )
+    rank: int | None = field(default=None, metadata={"help": "LoRA rank."})
+    alpha: float | None = field(default=None, metadata={"help": "LoRA alpha."})
+    peft_slider_version: str | None = field(
+        default_factory=_package_version, metadata={"help": "peft_slider version that wrote the file."}
+    )
+
+    def __post_init__(self):
+        for name in ("concept", "base_model", "architecture", "peft_slider_version"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"`{name}` must be a non-empty string or None, got {value!r}.")
+        if self.architecture is not None:
+            from .targets import TargetingError, find_architecture
+
+            try:
+                self.architecture = find_architecture(self.architecture).class_name
+            except TargetingError as error:
+                raise ValueError(f"`architecture` {self.architecture!r} is not known: {error}") from None
+        if self.scope is not None and self.scope not in SCOPES:
+            raise ValueError(f"`scope` must be one of {list(SCOPES)} or None, got {self.scope!r}.")
+        self.trained_strengths = _check_range(self.trained_strengths, "trained_strengths")
+        self.recommended_range = _check_range(self.recommended_range, "recommended_range")
+        if self.slider_start is not None:
+            start = self.slider_start
+            if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start < 1:
+                raise ValueError(
+                    f"`slider_start` must be a fraction of the schedule in [0, 1) such as 0.2, got {start!r}."
+                )
+            self.slider_start = float(start)
+        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
+            raise ValueError(f"`rank` must be a positive int, got {self.rank!r}.")
+        if self.alpha is not None:
+            if (
+                isinstance(self.alpha, bool)
+                or not isinstance(self.alpha, (int, float))
+                or not math.isfinite(self.alpha)
+            ):
+                raise ValueError(f"`alpha` must be a finite number, got {self.alpha!r}.")
+            self.alpha = float(self.alpha)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set, as JSON-ready values (ranges as lists)."""
+        output = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if value is not None:
+                output[item.name] = list(value) if isinstance(value, tuple) else value
+        return output
+
+    def to_header(self) -> dict[str, str]:
+        """The safetensors header entries: `peft_slider.<field>` -> JSON text, for the fields that are set."""
+        return {HEADER_PREFIX + name: json.dumps(value) for name, value in self.to_dict().items()}
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, str] | None) -> SliderMetadata | None:
+        """Read the slider entries back from a safetensors header; `None` when the header has none.
+
+        Keys this version does not know (written by a newer peft_slider) are ignored, so old readers keep working.
+
+        Raises:
+            `ValueError`: a `peft_slider.*` value is not valid JSON or not a valid field value.
+        """
+        if not header:
+            return None
+        known = {item.name for item in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, text in header.items():
+            if not key.startswith(HEADER_PREFIX):
+                continue
+            name = key[len(HEADER_PREFIX) :]
+            if name not in known:
+                continue
+            try:
+                values[name] = json.loads(text)
+            except (TypeError, json.JSONDecodeError) as error:
+                raise ValueError(f"Header entry {key!r} is not valid JSON ({error}): {text!r}.") from None
+        if not values:
+            return None
+        values.setdefault("peft_slider_version", None)
+        return cls(**values)
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, str]:
+    """The `__metadata__` map of a safetensors file, checked to be a complete, readable file.
+
+    Args:
+        path (`str` or `os.PathLike`): The `.safetensors` file.
+
+    Raises:
+        `ValueError`: the file is truncated, corrupted or not a safetensors file; the message names the file.
+
+    Example:
+
+    ```py
+    >>> import tempfile, torch
+    >>> from safetensors.torch import save_file
+    >>> from peft_slider.metadata import read_safetensors_header
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     save_file({"x": torch.zeros(1)}, f"{folder}/a.safetensors", metadata={"peft_slider.concept": '"age"'})
+    ...     read_safetensors_header(f"{folder}/a.safetensors")["peft_slider.concept"]
+    '"age"'
+    ```
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(
+            f"{path!r} is not a readable safetensors file (truncated, corrupted or another format): {error}. "
+            "Save it again or download it again."
+        ) from None

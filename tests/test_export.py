@@ -1,0 +1,399 @@
+"""Saving, loading and converting sliders: every format loads at the trained strength, and bad files fail cleanly.
+
+Each family's slider is a real PEFT LoRA (r=4, lora_alpha=6, so a loader that assumes alpha = rank is off by 1.5x)
+with random A and B, on a tiny real pipeline. Outputs are the denoiser's on inputs captured from a real pipeline call.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoKrConfig, LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from peft_slider import SliderLoraConfig
+from peft_slider.cli import main
+from peft_slider.config import SLIDER_ONLY_FIELDS
+from peft_slider.export import SliderFileError, convert_slider, load_slider, read_slider, save_slider
+from peft_slider.metadata import SliderMetadata, read_safetensors_header
+from peft_slider.tiny_pipelines import build_tiny_pipeline, capture_denoiser_inputs, denoiser_of, tiny_call_kwargs
+
+FAMILIES = ("sd15", "sdxl", "flux", "sd3", "zimage")
+STRENGTHS = (-1.0, 0.5, 2.0)
+RANK, ALPHA = 4, 6
+# The paths are the same float32 arithmetic except the ComfyUI DiT file, whose lora_B carries the scale (one extra
+# rounding per weight).
+TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def _output(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    with torch.no_grad():
+        result = model(**inputs)[0]
+    # Z-Image returns one tensor per sample.
+    return torch.stack(list(result)) if isinstance(result, (list, tuple)) else result
+
+
+def _set_peft_strength(model: torch.nn.Module, adapter: str, strength: float) -> None:
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.set_scale(adapter, strength)
+
+
+def _metadata() -> SliderMetadata:
+    return SliderMetadata(
+        concept="smiling",
+        base_model="tiny/base",
+        scope="visual",
+        trained_strengths=(-1.0, 1.0),
+        recommended_range=(-2.0, 2.0),
+        slider_start=0.2,
+    )
+
+
+@dataclass
+class Exported:
+    family: str
+    source: object  # the pipeline the slider was trained on, adapter "slider"
+    target: object  # a fresh pipeline, every saved variant loaded into it
+    peft_model: PeftModel  # a fresh denoiser with the PEFT folder loaded by PeftModel.from_pretrained
+    inputs: dict
+    base_output: torch.Tensor
+    folder: Path
+    paths: dict
+    loaded: list = field(default_factory=list)
+
+
+_CACHE: dict[str, Exported] = {}
+
+
+@pytest.fixture(scope="module")
+def folder_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("sliders")
+
+
+def exported(family: str, root: Path) -> Exported:
+    if family in _CACHE:
+        return _CACHE[family]
+    source = build_tiny_pipeline(family)
+    denoiser = denoiser_of(source)
+    inputs = capture_denoiser_inputs(
+        source, "a photo of a smiling woman", generator=torch.Generator().manual_seed(0), **tiny_call_kwargs(family)
+    )
+    pristine = copy.deepcopy(denoiser)
+    base_output = _output(pristine, inputs)
+    config = SliderLoraConfig(r=RANK, lora_alpha=ALPHA, model=denoiser, init_lora_weights=False)
+    denoiser.add_adapter(config, adapter_name="slider")
+    folder = root / family
+    paths = save_slider(source, folder, adapter_name="slider", comfyui=True, metadata=_metadata())
+
+    target = build_tiny_pipeline(family)
+    target.load_lora_weights(folder, adapter_name="diffusers-folder")
+    target.load_lora_weights(str(paths["comfyui"]), adapter_name="diffusers-comfyui-file")
+    loaded = ["diffusers-folder", "diffusers-comfyui-file"]
+    for name, path in paths.items():
+        loaded.append(load_slider(target, path, adapter_name=f"load_slider-{name}"))
+    peft_model = PeftModel.from_pretrained(pristine, folder)
+    _CACHE[family] = Exported(family, source, target, peft_model, inputs, base_output, folder, paths, loaded)
+    return _CACHE[family]
+
+
+@pytest.mark.parametrize("strength", STRENGTHS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_format_reproduces_the_peft_model(family, strength, folder_root):
+    case = exported(family, folder_root)
+    denoiser = denoiser_of(case.source)
+    denoiser.set_adapters(["slider"], weights=[strength])
+    reference = _output(denoiser, case.inputs)
+    # The slider moves the output far more than the tolerance, so a wrong alpha (1.5x off) or sign cannot pass.
+    assert (reference - case.base_output).abs().max() > 0.05
+    for name in case.loaded:
+        case.target.set_adapters([name], adapter_weights=[strength])
+        torch.testing.assert_close(_output(denoiser_of(case.target), case.inputs), reference, **TOLERANCE, msg=name)
+    _set_peft_strength(case.peft_model, "default", strength)
+    torch.testing.assert_close(_output(case.peft_model, case.inputs), reference, **TOLERANCE, msg="PeftModel")
+
+
+@pytest.mark.parametrize("family", ("sd15", "flux"))
+def test_load_slider_strength_matches_set_adapters(family, folder_root):
+    case = exported(family, folder_root)
+    fresh = build_tiny_pipeline(family)
+    load_slider(fresh, case.folder, adapter_name="a", strength=-1.5)
+    denoiser = denoiser_of(case.source)
+    denoiser.set_adapters(["slider"], weights=[-1.5])
+    torch.testing.assert_close(_output(denoiser_of(fresh), case.inputs), _output(denoiser, case.inputs), **TOLERANCE)
+
+
+def test_without_metadata_diffusers_assumes_alpha_equals_rank(folder_root, tmp_path):
+    """Why the header matters: the same weights without `lora_adapter_metadata` load at scale 1, not alpha/r = 1.5."""
+    case = exported("flux", folder_root)
+    path = case.paths["diffusers"]
+    header = read_safetensors_header(path)
+    del header["lora_adapter_metadata"]
+    save_file(load_file(path), tmp_path / "pytorch_lora_weights.safetensors", metadata=header)
+    fresh = build_tiny_pipeline("flux")
+    fresh.load_lora_weights(tmp_path, adapter_name="bare")
+    denoiser = denoiser_of(case.source)
+    denoiser.set_adapters(["slider"], weights=[1.0])
+    reference = _output(denoiser, case.inputs)
+    misloaded = _output(denoiser_of(fresh), case.inputs)
+    assert (misloaded - reference).abs().max() > 100 * TOLERANCE["atol"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_file_carries_the_slider_metadata(family, folder_root):
+    case = exported(family, folder_root)
+    expected = _metadata()
+    for name, path in case.paths.items():
+        recorded = SliderMetadata.from_header(read_safetensors_header(path))
+        assert recorded.concept == expected.concept, name
+        assert recorded.recommended_range == expected.recommended_range, name
+        assert recorded.trained_strengths == expected.trained_strengths, name
+        assert recorded.slider_start == expected.slider_start, name
+        assert recorded.scope == "visual", name
+        assert recorded.base_model == "tiny/base", name
+        assert recorded.architecture == type(denoiser_of(case.source)).__name__, name
+        assert (recorded.rank, recorded.alpha) == (RANK, float(ALPHA)), name
+    # diffusers builds LoraConfig(**metadata) from its own header entry: nothing but LoraConfig fields may be there.
+    header = read_safetensors_header(case.paths["diffusers"])
+    packed = json.loads(header["lora_adapter_metadata"])
+    component = "unet" if family in ("sd15", "sdxl") else "transformer"
+    config = LoraConfig(**{key.removeprefix(f"{component}."): value for key, value in packed.items()})
+    assert (config.r, config.lora_alpha) == (RANK, ALPHA)
+    saved = json.loads((case.folder / "adapter_config.json").read_text())
+    assert not set(SLIDER_ONLY_FIELDS) & set(saved)
+    assert LoraConfig.from_pretrained(case.folder).lora_alpha == ALPHA
+
+
+def test_save_from_peft_model_and_bare_denoiser(tmp_path):
+    pipe = build_tiny_pipeline("flux")
+    inputs = capture_denoiser_inputs(
+        pipe, "a cat", generator=torch.Generator().manual_seed(0), **tiny_call_kwargs("flux")
+    )
+    config = SliderLoraConfig(r=RANK, lora_alpha=2, model=pipe.transformer, init_lora_weights=False)
+    peft_model = get_peft_model(copy.deepcopy(pipe.transformer), config, adapter_name="age")
+    save_slider(peft_model, tmp_path / "from_peft", adapter_name="age")
+    bare = copy.deepcopy(pipe.transformer)
+    bare.add_adapter(config, adapter_name="age")
+    bare.load_state_dict(peft_model.get_base_model().state_dict())  # the very same LoRA weights
+    save_slider(bare, tmp_path / "from_bare", adapter_name="age", formats=["diffusers"])
+    _set_peft_strength(peft_model, "age", 2.0)
+    reference = _output(peft_model, inputs)
+    for folder in ("from_peft", "from_bare"):
+        fresh = build_tiny_pipeline("flux")
+        fresh.load_lora_weights(tmp_path / folder, adapter_name="age")
+        fresh.set_adapters(["age"], adapter_weights=[2.0])
+        torch.testing.assert_close(_output(fresh.transformer, inputs), reference, **TOLERANCE, msg=folder)
+
+
+@pytest.mark.parametrize("family", ("sd15", "flux", "zimage"))
+def test_convert_chain_keeps_the_slider(family, folder_root, tmp_path):
+    case = exported(family, folder_root)
+    peft_dir = convert_slider(case.paths["comfyui"], tmp_path / "peft", to="peft").parent
+    comfy = convert_slider(peft_dir, tmp_path / "comfy", to="comfyui")
+    diffusers_file = convert_slider(comfy, tmp_path / "diffusers", to="diffusers")
+    assert SliderMetadata.from_header(read_safetensors_header(diffusers_file)).concept == "smiling"
+    fresh = build_tiny_pipeline(family)
+    fresh.load_lora_weights(diffusers_file.parent, adapter_name="converted")
+    fresh.set_adapters(["converted"], adapter_weights=[-1.0])
+    denoiser = denoiser_of(case.source)
+    denoiser.set_adapters(["slider"], weights=[-1.0])
+    torch.testing.assert_close(_output(denoiser_of(fresh), case.inputs), _output(denoiser, case.inputs), **TOLERANCE)
+
+
+def test_convert_command(folder_root, tmp_path, capsys):
+    case = exported("sd15", folder_root)
+    assert main(["convert", str(case.folder), str(tmp_path / "out"), "--to", "comfyui"]) == 0
+    written = Path(capsys.readouterr().out.split("wrote ", 1)[1].strip())
+    assert read_slider(written).format == "comfyui"
+    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x"), "--to", "peft"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_convert_needs_architecture_for_bare_files(tmp_path):
+    tensors = {
+        "transformer.proj_out.lora_A.weight": torch.randn(2, 8),
+        "transformer.proj_out.lora_B.weight": torch.randn(4, 2),
+    }
+    save_file(tensors, tmp_path / "bare.safetensors")
+    with pytest.raises(ValueError, match="No ComfyUI layout is known for architecture None"):
+        convert_slider(tmp_path / "bare.safetensors", tmp_path / "out", to="comfyui")
+    path = convert_slider(tmp_path / "bare.safetensors", tmp_path / "out", to="comfyui", architecture="flux")
+    assert SliderMetadata.from_header(read_safetensors_header(path)).architecture == "FluxTransformer2DModel"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: a clear error naming the file and the problem, and nothing changed in the pipeline.
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def _garble_header(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[9:30] = b"\xff" * 21  # inside the JSON header, right after its 8-byte length
+    path.write_bytes(bytes(data))
+
+
+def _rewrite(path: Path, change) -> None:
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+    tensors = load_file(path)
+    change(tensors)
+    save_file(tensors, path, metadata=header)
+
+
+def _drop_lora_b(tensors: dict) -> None:
+    del tensors[next(key for key in sorted(tensors) if key.endswith("lora_B.weight"))]
+
+
+def _add_unknown_key(tensors: dict) -> None:
+    tensors["unet.conv_in.lora_magnitude"] = torch.zeros(3)
+
+
+def _add_unknown_module(tensors: dict) -> None:
+    tensors["unet.not_a_module.lora_A.weight"] = torch.zeros(RANK, 8)
+    tensors["unet.not_a_module.lora_B.weight"] = torch.zeros(8, RANK)
+
+
+def _widen_conv_in(tensors: dict) -> None:
+    tensors["unet.conv_in.lora_A.weight"] = torch.zeros(RANK, 5, 3, 3)
+
+
+BAD_FILES = {
+    # case: (source family, file to corrupt, corruption, expected message)
+    "truncated": ("sd15", "diffusers", _truncate, "not a readable safetensors file"),
+    "garbled header": ("sd15", "diffusers", _garble_header, "not a readable safetensors file"),
+    "dropped key": ("sd15", "diffusers", lambda p: _rewrite(p, _drop_lora_b), "missing its lora_B weight"),
+    "unknown key": ("sd15", "diffusers", lambda p: _rewrite(p, _add_unknown_key), "unexpected key"),
+    "unknown module": ("sd15", "diffusers", lambda p: _rewrite(p, _add_unknown_module), "do not exist in this"),
+    "other model size": ("sd15", "diffusers", lambda p: _rewrite(p, _widen_conv_in), "made for another model size"),
+    "peft file without config": (
+        "sd15",
+        "peft",
+        lambda p: p.with_name("adapter_config.json").unlink(),
+        "adapter_config",
+    ),
+    "truncated kohya file": ("sd15", "comfyui", _truncate, "not a readable safetensors file"),
+    "other architecture": ("flux", "diffusers", lambda p: None, "is a slider for FluxTransformer2DModel"),
+    "other architecture, kohya": ("sdxl", "comfyui", lambda p: None, "do not exist in this"),
+}
+
+
+@pytest.fixture(scope="module")
+def victim():
+    """An SD 1.x pipeline with one slider already loaded, which no failed load may change."""
+    pipe = build_tiny_pipeline("sd15")
+    config = SliderLoraConfig(r=2, lora_alpha=2, model=pipe.unet, init_lora_weights=False)
+    pipe.unet.add_adapter(config, adapter_name="existing")
+    inputs = capture_denoiser_inputs(
+        pipe, "a dog", generator=torch.Generator().manual_seed(1), **tiny_call_kwargs("sd15")
+    )
+    return pipe, inputs
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_files_fail_cleanly(case, victim, folder_root, tmp_path):
+    family, file_format, corrupt, message = BAD_FILES[case]
+    source = exported(family, folder_root)
+    folder = tmp_path / "slider"
+    shutil.copytree(source.folder, folder)
+    path = folder / source.paths[file_format].name
+    corrupt(path)
+    pipe, inputs = victim
+    adapters_before = pipe.get_list_adapters()
+    output_before = _output(pipe.unet, inputs)
+    with pytest.raises(SliderFileError, match=message) as error:
+        load_slider(pipe, path, adapter_name="new")
+    assert str(path) in str(error.value)
+    assert pipe.get_list_adapters() == adapters_before
+    torch.testing.assert_close(_output(pipe.unet, inputs), output_before, atol=0, rtol=0)
+
+
+def test_load_slider_argument_errors(victim, folder_root, tmp_path):
+    pipe, _ = victim
+    folder = exported("sd15", folder_root).folder
+    with pytest.raises(ValueError, match="`adapter_name` 'existing' is already loaded"):
+        load_slider(pipe, folder, adapter_name="existing")
+    with pytest.raises(ValueError, match="`strength` must be a finite number"):
+        load_slider(pipe, folder, adapter_name="x", strength=float("nan"))
+    with pytest.raises(SliderFileError, match="neither an existing file or folder nor a Hub repo id"):
+        load_slider(pipe, tmp_path / "nowhere" / "x", adapter_name="x")
+    save_file({"foo.weight": torch.zeros(2)}, tmp_path / "foreign.safetensors")
+    with pytest.raises(SliderFileError, match="keys are in no slider layout"):
+        load_slider(pipe, tmp_path / "foreign.safetensors", adapter_name="x")
+    assert pipe.get_list_adapters() == {"unet": ["existing"]}
+
+
+def test_save_slider_argument_errors(tmp_path):
+    pipe = build_tiny_pipeline("wan")
+    config = SliderLoraConfig(r=2, lora_alpha=2, model=pipe.transformer)
+    pipe.transformer.add_adapter(config, adapter_name="s")
+    cases = [
+        (
+            dict(adapter_name="other"),
+            ValueError,
+            r"`adapter_name` 'other' is not an adapter .* its adapters are \['s'\]",
+        ),
+        (dict(adapter_name="s", formats=["onnx"]), ValueError, r"`formats` must hold names from"),
+        (dict(adapter_name="s", comfyui=True), ValueError, "No ComfyUI layout is known for architecture"),
+        (
+            dict(adapter_name="s", metadata=SliderMetadata(architecture="flux")),
+            ValueError,
+            "is a WanTransformer3DModel",
+        ),
+        (dict(adapter_name="s", metadata={"concept": "x"}), TypeError, "`metadata` must be a SliderMetadata"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            save_slider(pipe, tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()
+    lokr = build_tiny_pipeline("flux").transformer
+    lokr = get_peft_model(lokr, LoKrConfig(r=2, target_modules=["proj_out"]))
+    with pytest.raises(ValueError, match="is a LoKrConfig; save_slider writes LoRA sliders"):
+        save_slider(lokr, tmp_path / "lokr")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Slider metadata in the safetensors header
+
+METADATA_ERRORS = {
+    "range reversed": (dict(recommended_range=(2, -2)), "min <= max"),
+    "range not a pair": (dict(trained_strengths=(1.0,)), r"\(min, max\) pair"),
+    "range not finite": (dict(recommended_range=(float("nan"), 1.0)), "two finite numbers"),
+    "start at the end": (dict(slider_start=1.0), r"in \[0, 1\)"),
+    "unknown scope": (dict(scope="text"), "`scope` must be one of"),
+    "unknown architecture": (dict(architecture="dalle"), "`architecture` 'dalle' is not known"),
+    "rank zero": (dict(rank=0), "`rank` must be a positive int"),
+    "empty concept": (dict(concept=" "), "`concept` must be a non-empty string"),
+}
+
+
+@pytest.mark.parametrize("case", list(METADATA_ERRORS))
+def test_metadata_rejects_bad_values(case):
+    kwargs, message = METADATA_ERRORS[case]
+    with pytest.raises(ValueError, match=message):
+        SliderMetadata(**kwargs)
+
+
+def test_metadata_header_round_trip():
+    metadata = SliderMetadata(**{**_metadata().to_dict(), "architecture": "zimage", "rank": 4, "alpha": 2})
+    header = metadata.to_header()
+    assert all(key.startswith("peft_slider.") and isinstance(value, str) for key, value in header.items())
+    assert SliderMetadata.from_header(header) == metadata
+    assert metadata.architecture == "ZImageTransformer2DModel"
+    # Keys from a newer peft_slider and other tools' keys are ignored; a header without slider keys has no metadata.
+    newer = {**header, "peft_slider.future_field": '"x"', "ss_network_dim": "4", "format": "pt"}
+    assert SliderMetadata.from_header(newer) == metadata
+    assert SliderMetadata.from_header({"format": "pt"}) is None
+    with pytest.raises(ValueError, match="'peft_slider.concept' is not valid JSON"):
+        SliderMetadata.from_header({"peft_slider.concept": "smiling"})

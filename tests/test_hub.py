@@ -1,0 +1,172 @@
+"""Model cards and the Hub: the card parses with huggingface_hub and carries the metadata and the sweep grid; pushing
+and loading go end to end through huggingface_hub against a local stand-in Hub (tests/hub_server.py)."""
+
+from __future__ import annotations
+
+import socket
+
+import huggingface_hub
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from PIL import Image
+
+from peft_slider import SliderLoraConfig
+from peft_slider.export import load_slider, save_slider
+from peft_slider.hub import HubError, build_model_card, push_slider_to_hub, write_model_card
+from peft_slider.metadata import SliderMetadata
+from peft_slider.tiny_pipelines import build_tiny_pipeline, capture_denoiser_inputs, tiny_call_kwargs
+from tests.hub_server import StandInHub
+
+TOKEN = "hf_stand_in_write_token"
+
+
+def _metadata() -> SliderMetadata:
+    return SliderMetadata(
+        concept="smiling",
+        base_model="tiny/sd15",
+        architecture="sd15",
+        scope="visual",
+        trained_strengths=(-1, 1),
+        recommended_range=(-2.5, 3),
+        slider_start=0.25,
+        rank=4,
+        alpha=6,
+    )
+
+
+@pytest.fixture(scope="module")
+def slider_folder(tmp_path_factory):
+    """A saved SD 1.x slider with its card and sweep grid, and the pipeline it was trained on."""
+    folder = tmp_path_factory.mktemp("slider")
+    pipe = build_tiny_pipeline("sd15")
+    pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=6, model=pipe.unet, init_lora_weights=False), "smile")
+    save_slider(pipe, folder, adapter_name="smile", comfyui=True, metadata=_metadata())
+    grid = tmp_path_factory.mktemp("render") / "sweep.png"
+    Image.new("RGB", (96, 32), color=(200, 120, 40)).save(grid)
+    write_model_card(folder, _metadata(), grid_image=grid, repo_id="me/smile-slider", license="creativeml-openrail-m")
+    return folder, pipe
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    # The stand-in speaks the legacy LFS protocol, which huggingface_hub uses when Xet is off; downloads go to a
+    # private cache.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    with StandInHub(tokens={TOKEN}) as server:
+        yield server
+
+
+def test_model_card_parses_and_carries_the_metadata(slider_folder):
+    folder, _ = slider_folder
+    card = ModelCard.load(folder / "README.md")
+    data = card.data.to_dict()
+    assert data["base_model"] == "tiny/sd15"
+    assert data["library_name"] == "diffusers"
+    assert data["license"] == "creativeml-openrail-m"
+    assert {"lora", "slider", "stable-diffusion"} <= set(data["tags"])
+    assert data["peft_slider"] == _metadata().to_dict()
+    assert SliderMetadata(**{**data["peft_slider"]}) == _metadata()
+    assert "-2.5 to 3" in card.text and "25% of the denoising steps" in card.text
+    assert "![strength sweep](sweep.png)" in card.text and (folder / "sweep.png").is_file()
+    assert "smiling_comfyui.safetensors" in card.text and (folder / "smiling_comfyui.safetensors").is_file()
+    assert 'pipe.load_lora_weights("me/smile-slider", adapter_name="slider")' in card.text
+
+
+def test_model_card_usage_code_runs(slider_folder, monkeypatch):
+    """The card's diffusers snippet, with the tiny pipeline and the local folder in place of the Hub ids."""
+    folder, _ = slider_folder
+    text = ModelCard.load(folder / "README.md").text
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace('DiffusionPipeline.from_pretrained("tiny/sd15", torch_dtype=torch.bfloat16)', "build()")
+    code = code.replace('"me/smile-slider"', repr(str(folder)))
+    code = code.replace(")).images[0]", "), **call_kwargs).images[0]")
+    namespace = {"build": lambda: build_tiny_pipeline("sd15"), "call_kwargs": tiny_call_kwargs("sd15")}
+    exec(compile(code, "model card usage", "exec"), namespace)
+    assert namespace["image"].shape == (3, 32, 32)
+
+
+def test_model_card_input_errors(tmp_path):
+    with pytest.raises(TypeError, match="`metadata` must be a SliderMetadata"):
+        build_model_card({"concept": "x"})
+    with pytest.raises(ValueError, match="`repo_id` must look like 'owner/name'"):
+        build_model_card(_metadata(), repo_id="not a repo")
+    with pytest.raises(ValueError, match="`grid_image` .* does not exist"):
+        write_model_card(tmp_path, _metadata(), grid_image=tmp_path / "missing.png")
+
+
+def test_push_uploads_the_folder_and_load_slider_reads_it_back(slider_folder, hub, tmp_path):
+    folder, source = slider_folder
+    url = push_slider_to_hub(folder, "me/smile-slider", token=TOKEN, endpoint=hub.url, private=True)
+    repo = hub.state.repos["me/smile-slider"]
+    assert url.startswith(f"{hub.url}/me/smile-slider/commit/")
+    assert repo.private
+    local = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    assert repo.files == local
+    # Weights and image went through the LFS endpoints, like on the Hub.
+    assert ("POST", "/me/smile-slider.git/info/lfs/objects/batch") in hub.state.requests
+    assert len(hub.state.lfs_objects) == 4  # two weight files, the ComfyUI file, the grid
+
+    # Pushing again (repo exists) is fine.
+    push_slider_to_hub(folder, "me/smile-slider", token=TOKEN, endpoint=hub.url)
+    assert len(repo.commits) == 2
+
+    # Loading by repo id goes through list_repo_files + hf_hub_download.
+    pipe = build_tiny_pipeline("sd15")
+    inputs = capture_denoiser_inputs(
+        pipe, "a face", generator=torch.Generator().manual_seed(0), **tiny_call_kwargs("sd15")
+    )
+    load_slider(pipe, "me/smile-slider", adapter_name="smile", strength=2.0, token=TOKEN, endpoint=hub.url)
+    source.unet.set_adapters(["smile"], weights=[2.0])
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.unet(**inputs)[0], source.unet(**inputs)[0], atol=1e-5, rtol=1e-5)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_push_errors_say_what_to_do(slider_folder, hub, monkeypatch):
+    folder, _ = slider_folder
+    with pytest.raises(HubError, match=r"not logged in .* run `hf auth login` or pass token="):
+        push_slider_to_hub(folder, "me/x", token="hf_wrong", endpoint=hub.url)
+    with pytest.raises(HubError, match="not logged in"):
+        push_slider_to_hub(folder, "me/x", token=False, endpoint=hub.url)
+    offline = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(HubError, match=f"the Hub at {offline} could not be reached"):
+        push_slider_to_hub(folder, "me/x", token=TOKEN, endpoint=offline)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):
+        push_slider_to_hub(folder, "me/x", token=TOKEN, endpoint=hub.url)
+    assert "me/x" not in hub.state.repos
+
+
+def test_push_input_errors(tmp_path):
+    with pytest.raises(ValueError, match="`repo_id` must look like 'owner/name'"):
+        push_slider_to_hub(tmp_path, "a/b/c")
+    with pytest.raises(ValueError, match="must be a folder holding a saved slider"):
+        push_slider_to_hub(tmp_path, "me/empty")
+
+
+def test_stand_in_hub_refuses_what_the_hub_refuses(hub):
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo("me/a")
+    with pytest.raises(huggingface_hub.errors.HfHubHTTPError) as error:
+        api.create_repo("me/a")
+    assert error.value.response.status_code == 409
+    with pytest.raises(huggingface_hub.errors.RepositoryNotFoundError):
+        api.list_repo_files("me/missing")
+
+
+def test_model_card_reads_the_metadata_from_the_saved_slider(slider_folder, tmp_path):
+    folder, _ = slider_folder
+    (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(
+        (folder / "pytorch_lora_weights.safetensors").read_bytes()
+    )
+    card = ModelCard.load(write_model_card(tmp_path, repo_id="me/s"))
+    assert card.data.peft_slider["architecture"] == "UNet2DConditionModel"
+    assert (card.data.peft_slider["rank"], card.data.peft_slider["alpha"]) == (4, 6.0)
+    assert "![strength sweep]" not in card.text  # no grid given, none referenced

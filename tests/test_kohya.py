@@ -1,0 +1,198 @@
+"""ComfyUI/A1111 key layouts: the kohya convention for UNets, `transformer.` keys for DiTs, with the right scale.
+
+The convention is read independently of peft_slider twice: the expected keys are spelled out here from the model's
+module names (ComfyUI's `model_lora_keys_unet` rule: `lora_unet_` + the diffusers name with '.' -> '_'), and diffusers'
+own kohya reader loads the file and must end up with the very same LoRA matrices and per-layer scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from peft.tuners.lora import LoraLayer
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from peft_slider import SliderLoraConfig
+from peft_slider.export import save_slider
+from peft_slider.full_size import build_meta_model
+from peft_slider.kohya import (
+    from_comfyui_transformer,
+    from_kohya,
+    to_comfyui_transformer,
+    to_kohya,
+    unet_module_name,
+)
+from peft_slider.tiny_pipelines import build_tiny_pipeline, denoiser_of
+
+# Per config: how the kohya alpha must relate to PEFT's (r, lora_alpha) so that alpha / rank is PEFT's scaling.
+CONFIGS = {
+    "plain": dict(r=4, lora_alpha=6),
+    "rank and alpha patterns": dict(r=4, lora_alpha=6, rank_pattern={"conv_in": 2}, alpha_pattern={"conv_in": 1}),
+    "rslora": dict(r=4, lora_alpha=6, use_rslora=True),
+}
+
+
+def _lora_layers(model: nn.Module, adapter: str) -> dict[str, LoraLayer]:
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer) and adapter in module.lora_A
+    }
+
+
+def _expected_alpha(config: dict, module: str) -> tuple[int, float]:
+    """(rank, kohya alpha) read off the config by hand: kohya scales by alpha / rank."""
+    rank = config.get("rank_pattern", {}).get(module, config["r"])
+    alpha = config.get("alpha_pattern", {}).get(module, config["lora_alpha"])
+    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    return rank, scale * rank
+
+
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+@pytest.mark.parametrize("family", ("sd15", "sdxl"))
+def test_kohya_file_follows_the_convention(family, config_name, tmp_path):
+    pipe = build_tiny_pipeline(family)
+    config = CONFIGS[config_name]
+    pipe.unet.add_adapter(SliderLoraConfig(**config, model=pipe.unet, init_lora_weights=False), adapter_name="s")
+    path = save_slider(pipe, tmp_path, adapter_name="s", formats=["comfyui"])["comfyui"]
+    layers = _lora_layers(pipe.unet, "s")
+    tensors = load_file(path)
+
+    expected_keys = set()
+    for name in layers:
+        kohya = "lora_unet_" + name.replace(".", "_")
+        expected_keys |= {f"{kohya}.lora_down.weight", f"{kohya}.lora_up.weight", f"{kohya}.alpha"}
+    assert set(tensors) == expected_keys
+
+    for name, layer in layers.items():
+        kohya = "lora_unet_" + name.replace(".", "_")
+        rank, alpha = _expected_alpha(config, name)
+        torch.testing.assert_close(tensors[f"{kohya}.lora_down.weight"], layer.lora_A["s"].weight, atol=0, rtol=0)
+        torch.testing.assert_close(tensors[f"{kohya}.lora_up.weight"], layer.lora_B["s"].weight, atol=0, rtol=0)
+        assert tensors[f"{kohya}.lora_down.weight"].shape[0] == rank
+        assert tensors[f"{kohya}.alpha"].shape == () and tensors[f"{kohya}.alpha"].dtype == torch.float32
+        assert tensors[f"{kohya}.alpha"].item() == pytest.approx(alpha, rel=1e-6)
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+    assert header["ss_network_module"] == "networks.lora" and header["ss_network_dim"] == "4"
+
+    # diffusers' kohya reader, independent of peft_slider, must rebuild the same layers and per-layer scale.
+    fresh = build_tiny_pipeline(family)
+    fresh.load_lora_weights(str(path), adapter_name="k")
+    loaded = _lora_layers(fresh.unet, "k")
+    assert set(loaded) == set(layers)
+    for name, layer in layers.items():
+        torch.testing.assert_close(loaded[name].lora_A["k"].weight, layer.lora_A["s"].weight, atol=0, rtol=0)
+        torch.testing.assert_close(loaded[name].lora_B["k"].weight, layer.lora_B["s"].weight, atol=0, rtol=0)
+        assert loaded[name].scaling["k"] == pytest.approx(layer.scaling["s"], rel=1e-6), name
+
+
+@pytest.mark.parametrize("family", ("flux", "sd3", "zimage"))
+def test_dit_file_has_transformer_keys_with_the_scale_in_lora_b(family, tmp_path):
+    pipe = build_tiny_pipeline(family)
+    denoiser = denoiser_of(pipe)
+    denoiser.add_adapter(
+        SliderLoraConfig(r=4, lora_alpha=6, model=denoiser, init_lora_weights=False), adapter_name="s"
+    )
+    path = save_slider(pipe, tmp_path, adapter_name="s", formats=["comfyui"])["comfyui"]
+    tensors = load_file(path)
+    layers = _lora_layers(denoiser, "s")
+    assert set(tensors) == {f"transformer.{name}.lora_{part}.weight" for name in layers for part in "AB"}
+    for name, layer in layers.items():
+        torch.testing.assert_close(tensors[f"transformer.{name}.lora_A.weight"], layer.lora_A["s"].weight)
+        # 1e-6 relative: one float32 rounding of B * 1.5.
+        expected_b = layer.lora_B["s"].weight * layer.scaling["s"]
+        torch.testing.assert_close(tensors[f"transformer.{name}.lora_B.weight"], expected_b, atol=0, rtol=1e-6)
+    # diffusers reads it with alpha = rank (no alpha, no metadata): scale 1 on the baked B.
+    fresh = build_tiny_pipeline(family)
+    fresh.load_lora_weights(str(path), adapter_name="k")
+    for name, layer in _lora_layers(denoiser_of(fresh), "k").items():
+        assert layer.scaling["k"] == 1.0, name
+
+
+def _unet_names(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
+
+
+@pytest.mark.parametrize("model", ("tiny sd15", "tiny sdxl", "SD 1.5", "SDXL"))
+def test_unet_names_rebuild_from_kohya_names_without_the_model(model):
+    if model.startswith("tiny"):
+        unet = build_tiny_pipeline(model.split()[1]).unet
+    else:
+        unet, _ = build_meta_model({"SD 1.5": "sd15", "SDXL": "sdxl"}[model])
+    names = _unet_names(unet)
+    assert len(names) > 20
+    for name in names:
+        kohya = "lora_unet_" + name.replace(".", "_")
+        assert unet_module_name(kohya) == name
+        assert unet_module_name(kohya, module_names=names) == name
+
+
+def test_pure_functions_round_trip():
+    state = {
+        "down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.randn(2, 8),
+        "down_blocks.0.attentions.0.proj_in.lora_B.weight": torch.randn(8, 2),
+        "conv_in.lora_A.weight": torch.randn(4, 4, 3, 3),
+        "conv_in.lora_B.weight": torch.randn(32, 4, 1, 1),
+    }
+    alphas = {"down_blocks.0.attentions.0.proj_in": 1.0, "conv_in": 8.0}
+    back, back_alphas = from_kohya(to_kohya(state, alphas))
+    assert back_alphas == alphas
+    assert back.keys() == state.keys() and all(torch.equal(back[key], state[key]) for key in state)
+
+    scales = {"down_blocks.0.attentions.0.proj_in": 0.5, "conv_in": 2.0}
+    baked, baked_alphas = from_comfyui_transformer(to_comfyui_transformer(state, scales))
+    assert baked_alphas == {"down_blocks.0.attentions.0.proj_in": 2.0, "conv_in": 4.0}  # alpha = rank
+    torch.testing.assert_close(baked["conv_in.lora_B.weight"], state["conv_in.lora_B.weight"] * 2.0)
+    with_alpha = {"transformer.x.lora_A.weight": torch.ones(2, 3), "transformer.x.lora_B.weight": torch.ones(3, 2)}
+    with_alpha["transformer.x.alpha"] = torch.tensor(1.0)
+    assert from_comfyui_transformer(with_alpha)[1] == {"x": 1.0}
+
+
+BAD_INPUTS = {
+    "kohya key outside the layout": (
+        lambda: from_kohya({"lora_unet_x.weight": torch.zeros(1)}),
+        "not in kohya layout",
+    ),
+    "kohya module without up": (
+        lambda: from_kohya({"lora_unet_conv_in.lora_down.weight": torch.zeros(2, 3)}),
+        "has no 'lora_up.weight' key",
+    ),
+    "kohya alpha with several numbers": (
+        lambda: from_kohya(
+            {
+                "lora_unet_conv_in.lora_down.weight": torch.zeros(2, 3),
+                "lora_unet_conv_in.lora_up.weight": torch.zeros(3, 2),
+                "lora_unet_conv_in.alpha": torch.zeros(2),
+            }
+        ),
+        "must hold one number",
+    ),
+    "kohya name the model lacks": (
+        lambda: unet_module_name("lora_unet_conv_middle", module_names=["conv_in", "conv_out"]),
+        "names no module",
+    ),
+    "missing alpha for a module": (
+        lambda: to_kohya({"a.lora_A.weight": torch.zeros(1, 1), "a.lora_B.weight": torch.zeros(1, 1)}, {}),
+        "no entry for module 'a'",
+    ),
+    "lora_A without lora_B": (
+        lambda: to_comfyui_transformer({"a.lora_A.weight": torch.zeros(1, 1)}, {"a": 1.0}),
+        "no lora_B",
+    ),
+    "transformer file with another prefix": (
+        lambda: from_comfyui_transformer({"unet.a.lora_A.weight": torch.zeros(1, 1)}),
+        "does not start with 'transformer.'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_state_dicts_raise(case):
+    call, message = BAD_INPUTS[case]
+    with pytest.raises(ValueError, match=message):
+        call()
