@@ -15,8 +15,11 @@ from .config import SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig
 from .data import ImageCaptionFolder, SliderConcatDataset, SliderDataset, batch_strength, load_simpletuner_backends
 from .export import SliderFile, SliderFileError, convert_slider, load_slider, read_slider, save_slider
 from .full_rank import make_full_rank_trainable
+from .grid import format_strength, make_sweep_grid, save_sweep_grid
 from .hub import HubError, build_model_card, push_slider_to_hub, write_model_card
 from .metadata import SliderMetadata
+from .pipeline import SliderPipelineMixin, enable_sliders
+from .prompts import PromptEntry, load_prompt_library
 from .sampler import SliderBackend, SliderBatchInfo, SliderBatchSampler
 from .scaling import SliderScaler, slider_strength
 from .targets import SliderTargets, TargetingError, find_architecture, resolve_targets
@@ -29,6 +32,7 @@ __all__ = [
     "FAMILY_ALIASES",
     "HubError",
     "ImageCaptionFolder",
+    "PromptEntry",
     "Rule",
     "SliderBackend",
     "SliderBatchInfo",
@@ -41,6 +45,7 @@ __all__ = [
     "SliderLoKrConfig",
     "SliderLoraConfig",
     "SliderMetadata",
+    "SliderPipelineMixin",
     "SliderScaler",
     "SliderTargets",
     "TargetingError",
@@ -49,16 +54,21 @@ __all__ = [
     "batch_strength",
     "build_model_card",
     "convert_slider",
+    "enable_sliders",
     "find_architecture",
+    "format_strength",
     "freeze_adapter",
     "frozen_adapter_names",
+    "load_prompt_library",
     "load_simpletuner_backends",
     "load_slider",
     "make_full_rank_trainable",
+    "make_sweep_grid",
     "push_slider_to_hub",
     "read_slider",
     "resolve_targets",
     "save_slider",
+    "save_sweep_grid",
     "slider_adapter_names",
     "slider_strength",
     "write_model_card",
