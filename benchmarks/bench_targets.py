@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         everything = [
             n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
         ]
-        visual = count_lora_parameters(model, resolve_targets(model=model, scope="visual").modules, RANK)
-        joint = count_lora_parameters(model, resolve_targets(model=model, scope="joint").modules, RANK)
-        total = count_lora_parameters(model, everything, RANK)
+        visual = count_lora_parameters(model, resolve_targets(model=model, scope="visual").modules, rank=RANK)
+        joint = count_lora_parameters(model, resolve_targets(model=model, scope="joint").modules, rank=RANK)
+        total = count_lora_parameters(model, everything, rank=RANK)
         print(
             f"| {name} | {len(everything)} | {visual_ms:.1f} | {joint_ms:.1f} | {plain_ms:.1f} | {joint_ms / plain_ms:.1f}x |"
             f" {visual / 1e6:.1f}M | {joint / 1e6:.1f}M | {total / 1e6:.1f}M |"

@@ -87,12 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "rank", 1) < 1:
         parser.error(f"--rank must be >= 1, got {args.rank}")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        return args.handler(args)
-    except (ValueError, TypeError) as error:
-        print(f"peft-slider {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        # diffusers' own deprecation notices are not the user's concern at the command line.
+        warnings.simplefilter("ignore", category=FutureWarning)
+        try:
+            return args.handler(args)
+        except (ValueError, TypeError, OSError, RuntimeError) as error:
+            print(f"peft-slider {args.command}: error: {error}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 
 from peft import LoHaConfig, LoKrConfig, LoraConfig
 
-from .targets import find_architecture, resolve_targets, text_path_modules, unwrap_denoiser
+from .targets import TargetingError, find_architecture, resolve_targets, text_path_modules, unwrap_denoiser
 
 __all__ = ["SLIDER_ONLY_FIELDS", "SliderLoHaConfig", "SliderLoKrConfig", "SliderLoraConfig"]
 
@@ -67,7 +67,11 @@ class _SliderOptions:
         resolve_targets(architecture=self.architecture, scope=self.scope, variant=variant)  # validates the options
         if model is None or self.allow_text_targets:
             return
-        spec = find_architecture(model)
+        try:
+            spec = find_architecture(model)
+        except TargetingError:
+            return  # a model peft_slider does not know: its text path is unknown, the user's targets stand
+
         names = [name for name, _ in unwrap_denoiser(model).named_modules()]
         hits = [name for name in text_path_modules(names, spec) if _peft_matches(self.target_modules, name)]
         if hits:

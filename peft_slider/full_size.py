@@ -92,7 +92,7 @@ def build_meta_model(name: str) -> tuple[nn.Module, str]:
         class_name = FAMILY_ALIASES.get(key, name)
         if class_name not in ARCHITECTURES:
             known = ", ".join(sorted(FULL_SIZE_MODELS) + sorted(ARCHITECTURES))
-            raise ValueError(f"Unknown built-in model {name!r}. Known: {known}.")
+            raise ValueError(f"`name` {name!r} is not a built-in model. Known: {known}.")
         matching = [model for model in FULL_SIZE_MODELS.values() if model.class_name == class_name]
         entry = matching[0] if matching else FullSizeModel(class_name, f"{class_name} (class default config)")
     cls = getattr(diffusers, entry.class_name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -18,7 +19,7 @@ from .targets import (
     unwrap_denoiser,
 )
 
-__all__ = ["inspect_report", "load_meta_model", "format_report"]
+__all__ = ["format_report", "inspect_report", "load_meta_model"]
 
 _DENOISER_COMPONENTS = ("transformer", "unet", "prior", "decoder", "controlnet")
 
@@ -86,24 +87,42 @@ def _from_config_dir(path: Path) -> nn.Module:
 
 def _from_hub(repo_id: str) -> nn.Module:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    def read(filename: str) -> dict:
+        return json.loads(Path(hf_hub_download(repo_id, filename)).read_text())
 
     try:
-        index_file = hf_hub_download(repo_id, "model_index.json")
-    except EntryNotFoundError:
-        return _build_from_config(json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text()))
-    except Exception as error:  # offline, unknown repo, gated repo: say so plainly
-        raise ValueError(f"Could not read {repo_id!r} from the Hub: {type(error).__name__}: {error}") from error
-    index = json.loads(Path(index_file).read_text())
-    for component in _DENOISER_COMPONENTS:
-        if component in index:
-            config_file = hf_hub_download(repo_id, f"{component}/config.json")
-            return _build_from_config(json.loads(Path(config_file).read_text()))
+        try:
+            index = read("model_index.json")
+        except LocalEntryNotFoundError:
+            raise  # offline and not cached: a subclass of EntryNotFoundError, but not a missing file
+        except EntryNotFoundError:
+            return _build_from_config(read("config.json"))
+        for component in _DENOISER_COMPONENTS:
+            if component in index:
+                return _build_from_config(read(f"{component}/config.json"))
+    except (OSError, ValueError) as error:
+        if isinstance(error, TargetingError):
+            raise
+        # Offline, unknown or gated repo: one plain message instead of a traceback.
+        raise ValueError(
+            f"Could not read {repo_id!r} from the Hub ({type(error).__name__}: {error}). Check the id and the network, "
+            "or pass a local folder."
+        ) from error
     raise ValueError(f"{repo_id}'s model_index.json names no denoiser among {list(_DENOISER_COMPONENTS)}.")
 
 
-def inspect_report(model: nn.Module, *, scopes: tuple[str, ...] = SCOPES, rank: int = 16, variant: str = "lora"):
+def inspect_report(
+    model: nn.Module, *, scopes: tuple[str, ...] = SCOPES, rank: int = 16, variant: str = "lora"
+) -> dict[str, Any]:
     """What a slider adapts on `model`, per scope, as a JSON-ready dict.
+
+    Args:
+        model (`torch.nn.Module`): The denoiser (any device, meta included), a pipeline or a PEFT model.
+        scopes (`tuple[str, ...]`, *optional*, defaults to `("visual", "joint")`): The scopes to report.
+        rank (`int`, *optional*, defaults to 16): The LoRA rank for the parameter counts.
+        variant (`str`, *optional*, defaults to `"lora"`): ``"lora"``, ``"lokr"``, ``"loha"`` or ``"full"``.
 
     Example:
 
@@ -158,7 +177,7 @@ def _trainable_parameters(model: nn.Module, names: tuple[str, ...], rank: int, v
         modules = dict(model.named_modules())
         return sum(modules[name].weight.numel() for name in names)
     # LoKr/LoHa factorisations differ in size from LoRA's; the LoRA count is the comparable figure for all three.
-    return count_lora_parameters(model, names, rank)
+    return count_lora_parameters(model, names, rank=rank)
 
 
 def format_report(report: dict, *, source: str) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-import torch
 from torch import nn
 
 from .architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES, ArchitectureSpec
@@ -16,11 +16,13 @@ from .architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES, ArchitectureSp
 __all__ = [
     "SliderTargets",
     "TargetingError",
+    "count_lora_parameters",
     "find_architecture",
     "group_module_names",
     "resolve_targets",
     "text_path_modules",
     "universal_target_regex",
+    "unwrap_denoiser",
 ]
 
 # Module types each adapter variant can wrap (PEFT 0.21: LoRA handles Conv3d, LoKr/LoHa do not).
@@ -129,7 +131,7 @@ def unwrap_denoiser(obj: object) -> nn.Module:
 
 
 @cache
-def universal_target_regex(scope: str = "visual", variant: str = "lora") -> str:
+def universal_target_regex(*, scope: str = "visual", variant: str = "lora") -> str:
     """One regex for every architecture in the table, for when the model is not known in advance.
 
     It is the union of every row's rules, less the rules marked ``universal=False`` (names that mean a text-path
@@ -208,7 +210,9 @@ def resolve_targets(
     spec = find_architecture(architecture) if architecture is not None else None
     if model is None:
         if spec is None:
-            return SliderTargets(class_name=None, scope=scope, regex=universal_target_regex(scope, variant))
+            return SliderTargets(
+                class_name=None, scope=scope, regex=universal_target_regex(scope=scope, variant=variant)
+            )
         return SliderTargets(class_name=spec.class_name, scope=scope, regex=_spec_regex(spec, scope, variant))
 
     denoiser = unwrap_denoiser(model)
@@ -269,7 +273,7 @@ def _check_block_coverage(modules: dict[str, nn.Module], matched: list[str], spe
         )
 
 
-def count_lora_parameters(model: nn.Module, names: Iterable[str], rank: int) -> int:
+def count_lora_parameters(model: nn.Module, names: Iterable[str], *, rank: int) -> int:
     """The number of LoRA parameters (A and B) that `rank`-`rank` adapters on `names` add. Works on meta tensors."""
     total = 0
     modules = dict(model.named_modules())
@@ -278,7 +282,7 @@ def count_lora_parameters(model: nn.Module, names: Iterable[str], rank: int) -> 
         if isinstance(module, nn.Linear):
             total += rank * (module.in_features + module.out_features)
         elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            kernel = int(torch.tensor(module.kernel_size).prod())
+            kernel = math.prod(module.kernel_size)
             total += rank * (module.in_channels * kernel + module.out_channels)
         else:
             raise TypeError(f"Cannot count LoRA parameters of {name!r}, a {type(module).__name__}.")

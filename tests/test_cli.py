@@ -98,3 +98,14 @@ def test_python_dash_m_entry_point_runs():
     # Z-Image: only the 2 image-only noise_refiner layers are visual-scope attention (8 projections).
     attention = [g for g in report["scopes"]["visual"]["groups"] if g["role"] == "attention"]
     assert sum(g["count"] for g in attention) == 8
+
+
+def test_inspect_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: nothing to fall back on
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert main(["inspect", "someone/some-model"]) == 2
+    err = capsys.readouterr().err
+    assert "Could not read 'someone/some-model' from the Hub" in err and "Traceback" not in err

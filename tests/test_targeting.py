@@ -295,3 +295,15 @@ def test_find_architecture_accepts_aliases_classes_and_pipelines_like_objects():
         transformer = model
 
     assert find_architecture(Pipe()).class_name == "WanTransformer3DModel"
+
+
+def test_user_targets_on_an_unknown_model_class_stand():
+    """The unknown-model error tells users to pass target_modules by hand; doing so must work with model= too."""
+
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.to_q = nn.Linear(4, 4)
+
+    config = SliderLoraConfig(r=4, model=Custom(), target_modules=["to_q"])
+    assert config.target_modules == {"to_q"}
