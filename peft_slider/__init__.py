@@ -18,6 +18,19 @@ from .full_rank import make_full_rank_trainable
 from .grid import format_strength, make_sweep_grid, save_sweep_grid
 from .hub import HubError, build_model_card, push_slider_to_hub, write_model_card
 from .metadata import SliderMetadata
+from .objectives import (
+    NEUTRAL_OBJECTIVES,
+    DenoisingObjective,
+    EpsilonObjective,
+    FlowMatchingObjective,
+    NeutralObjective,
+    NoisyBatch,
+    SliderStep,
+    VPredictionObjective,
+    is_flow_matching_scheduler,
+    neutral_strength,
+    objective_from_scheduler,
+)
 from .pipeline import SliderPipelineMixin, enable_sliders
 from .prompts import PromptEntry, load_prompt_library
 from .sampler import SliderBackend, SliderBatchInfo, SliderBatchSampler
@@ -29,9 +42,15 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "ARCHITECTURES",
     "ArchitectureSpec",
+    "DenoisingObjective",
+    "EpsilonObjective",
     "FAMILY_ALIASES",
+    "FlowMatchingObjective",
     "HubError",
     "ImageCaptionFolder",
+    "NEUTRAL_OBJECTIVES",
+    "NeutralObjective",
+    "NoisyBatch",
     "PromptEntry",
     "Rule",
     "SliderBackend",
@@ -47,8 +66,10 @@ __all__ = [
     "SliderMetadata",
     "SliderPipelineMixin",
     "SliderScaler",
+    "SliderStep",
     "SliderTargets",
     "TargetingError",
+    "VPredictionObjective",
     "activate_adapters",
     "add_assistant_adapter",
     "batch_strength",
@@ -59,11 +80,14 @@ __all__ = [
     "format_strength",
     "freeze_adapter",
     "frozen_adapter_names",
+    "is_flow_matching_scheduler",
     "load_prompt_library",
     "load_simpletuner_backends",
     "load_slider",
     "make_full_rank_trainable",
     "make_sweep_grid",
+    "neutral_strength",
+    "objective_from_scheduler",
     "push_slider_to_hub",
     "read_slider",
     "resolve_targets",

@@ -1,0 +1,967 @@
+# Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
+"""Train a concept slider: one LoRA trained at each batch's signed `slider_strength`, with accelerate.
+
+Run with no arguments for the built-in toy run: it builds a tiny FLUX.1-style pipeline locally, fits it to a synthetic
+lighting dataset, saves it and loads it back through `DiffusionPipeline.from_pretrained`, trains a "light from the right"
+slider on this CPU in about a minute, and writes the slider, a strength-sweep image and the concept's statistic per
+strength. See README.md beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # families.py and toy.py beside this file
+
+from families import (  # noqa: E402
+    Conditioning,
+    Family,
+    collate_conditioning,
+    encode_images,
+    family_of,
+    move_conditioning,
+    split_conditioning,
+)
+
+from peft_slider.objectives import NEUTRAL_OBJECTIVES, NeutralObjective  # noqa: E402
+
+logger = logging.getLogger("train_slider")
+
+# The toy run's defaults; every one can be overridden on the command line.
+TOY_DEFAULTS = {
+    "tiny_family": "flux",
+    "train_batch_size": 4,
+    "rank": 8,
+    "learning_rate": 5e-3,
+    "max_train_steps": 600,
+    "resolution": 32,
+    "validation_num_inference_steps": 8,
+    "checkpointing_steps": 300,
+}
+# What a run on a real model uses when an option is not given.
+REAL_DEFAULTS = {
+    "train_batch_size": 1,
+    "rank": 16,
+    "learning_rate": 1e-4,
+    "max_train_steps": None,
+    "resolution": None,
+    "validation_num_inference_steps": 28,
+    "checkpointing_steps": 500,
+}
+# The toy run validates without classifier-free guidance: the tiny base never learnt an unconditional prediction.
+TOY_GUIDANCE = {"flux": 1.0, "zimage": 0.0}
+
+
+def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (`input_args`, or `sys.argv[1:]` when None)."""
+    parser = argparse.ArgumentParser(
+        description="Train a concept-slider LoRA at each batch's signed strength. No arguments: the toy run."
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--pretrained_model_name_or_path",
+        type=str,
+        default=None,
+        help="A diffusers pipeline (Hub id or folder). Default: a tiny local pipeline of --tiny_family (the toy run).",
+    )
+    model.add_argument("--revision", type=str, default=None, help="Hub revision of the model.")
+    model.add_argument("--variant", type=str, default=None, help="Weight variant of the model, e.g. fp16.")
+    model.add_argument(
+        "--tiny_family",
+        type=str,
+        default=TOY_DEFAULTS["tiny_family"],
+        help="Family of the tiny local base when no model is given: flux, sd15, sdxl, sd3, zimage (default: flux).",
+    )
+    model.add_argument(
+        "--tiny_base_fit_steps",
+        type=int,
+        default=300,
+        help="Steps fitting the tiny base's VAE decoder and denoiser to the dataset before the slider is trained, as "
+        "pretraining would (toy run only; default 300).",
+    )
+    model.add_argument(
+        "--assistant_lora",
+        type=str,
+        default=None,
+        help="A LoRA loaded beside the slider as a frozen, always-on assistant (e.g. a training adapter for a "
+        "distilled model). It is never scaled by the strength and never trained.",
+    )
+    model.add_argument("--assistant_adapter_name", type=str, default="assistant")
+
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataloader_config",
+        type=str,
+        default=None,
+        help="SimpleTuner-style dataloader JSON with `slider_strength` per backend. Default: the toy dataset.",
+    )
+    data.add_argument(
+        "--data_root",
+        type=str,
+        default=None,
+        help="Folder relative `instance_data_dir`s are read from (default: cwd).",
+    )
+    data.add_argument("--resolution", type=int, default=None, help="Square training resolution in pixels.")
+    data.add_argument("--train_batch_size", type=int, default=None, help="Batch size per device (default 1; toy 4).")
+    data.add_argument(
+        "--latent_sampling",
+        choices=("mode", "sample"),
+        default="mode",
+        help="Train on the VAE posterior's mean ('mode', cached once) or a fresh posterior sample per step.",
+    )
+    data.add_argument(
+        "--max_sequence_length", type=int, default=None, help="Text length for T5/LLM text encoders (family default)."
+    )
+
+    slider = parser.add_argument_group("slider")
+    slider.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16; toy 8).")
+    slider.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank).")
+    slider.add_argument("--lora_dropout", type=float, default=0.0)
+    slider.add_argument("--scope", choices=("visual", "joint"), default="visual", help="SliderLoraConfig targeting.")
+    slider.add_argument("--adapter_name", type=str, default="slider")
+    slider.add_argument(
+        "--neutral_objective",
+        choices=NEUTRAL_OBJECTIVES,
+        default="preserve",
+        help="What neutral batches (strength 0 or none) train; see README.md. Default: preserve.",
+    )
+    slider.add_argument(
+        "--neutral_strength",
+        type=float,
+        default=None,
+        help="s_n, the strength neutral batches train at (+s_n / -s_n). Default: mean |strength| of signed backends.",
+    )
+    slider.add_argument("--concept", type=str, default=None, help="The concept, for the slider's metadata.")
+    slider.add_argument(
+        "--slider_start",
+        type=float,
+        default=0.0,
+        help="Fraction of denoising run without the slider in validation; recorded in the metadata.",
+    )
+    slider.add_argument(
+        "--recommended_range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="Recommended inference strengths for the metadata (default: twice the trained range).",
+    )
+    slider.add_argument("--comfyui", action="store_true", help="Also write a ComfyUI/A1111 file.")
+
+    objective = parser.add_argument_group("objective (flow-matching models)")
+    objective.add_argument("--sigma_sampling", choices=("logit_normal", "uniform"), default="logit_normal")
+    objective.add_argument("--logit_mean", type=float, default=0.0)
+    objective.add_argument("--logit_std", type=float, default=1.0)
+    objective.add_argument(
+        "--flow_shift", type=float, default=None, help="Timestep shift (default: the scheduler's static shift, or 1)."
+    )
+    objective.add_argument(
+        "--flux_guidance_value", type=float, default=1.0, help="Guidance embedding value while training FLUX.1-dev."
+    )
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--learning_rate", type=float, default=None, help="Default 1e-4; toy 5e-3.")
+    optim.add_argument("--adam_beta1", type=float, default=0.9)
+    optim.add_argument("--adam_beta2", type=float, default=0.999)
+    optim.add_argument("--adam_weight_decay", type=float, default=1e-4)
+    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument(
+        "--lr_scheduler",
+        type=str,
+        default="constant",
+        help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial.",
+    )
+    optim.add_argument("--lr_warmup_steps", type=int, default=0)
+    optim.add_argument(
+        "--max_train_steps", type=int, default=None, help="Optimizer steps (default: --num_train_epochs; toy 600)."
+    )
+    optim.add_argument("--num_train_epochs", type=int, default=1)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--gradient_checkpointing", action="store_true")
+    optim.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
+    optim.add_argument("--seed", type=int, default=0)
+
+    ckpt = parser.add_argument_group("output and checkpoints")
+    ckpt.add_argument("--output_dir", type=str, default="slider-output")
+    ckpt.add_argument("--checkpointing_steps", type=int, default=None, help="Save a checkpoint every N steps.")
+    ckpt.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
+    ckpt.add_argument(
+        "--resume_from_checkpoint", type=str, default=None, help="'latest' or a checkpoint folder to resume from."
+    )
+    ckpt.add_argument("--push_to_hub", action="store_true")
+    ckpt.add_argument("--hub_model_id", type=str, default=None)
+    ckpt.add_argument("--hub_token", type=str, default=None)
+
+    val = parser.add_argument_group("validation")
+    val.add_argument(
+        "--validation_prompts", type=str, default=None, help="Prompt library JSON (peft_slider.prompts format)."
+    )
+    val.add_argument(
+        "--validation_steps", type=int, default=None, help="Render the sweep every N steps (default: at the end)."
+    )
+    val.add_argument("--validation_strengths", type=float, nargs="+", default=[-2.0, -1.0, 0.0, 1.0, 2.0])
+    val.add_argument("--validation_seed", type=int, default=0)
+    val.add_argument("--validation_num_inference_steps", type=int, default=None)
+    val.add_argument("--validation_guidance_scale", type=float, default=None)
+
+    log = parser.add_argument_group("logging")
+    log.add_argument("--report_to", type=str, default="none", help="none, tensorboard, wandb, ... (accelerate).")
+    log.add_argument("--logging_dir", type=str, default="logs")
+    return parser.parse_args(input_args)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    def positive(name: str, allow_none: bool = True) -> None:
+        value = getattr(args, name)
+        if (value is None and not allow_none) or (value is not None and value <= 0):
+            raise ValueError(f"`--{name}` must be > 0, got {value!r}.")
+
+    for name in ("train_batch_size", "rank", "learning_rate", "max_train_steps", "resolution", "checkpointing_steps"):
+        positive(name)
+    for name in ("num_train_epochs", "gradient_accumulation_steps", "validation_steps", "lora_alpha"):
+        positive(name)
+    if args.tiny_base_fit_steps < 0:
+        raise ValueError(f"`--tiny_base_fit_steps` must be >= 0, got {args.tiny_base_fit_steps!r}.")
+    if not 0 <= args.slider_start < 1:
+        raise ValueError(f"`--slider_start` must be in [0, 1), got {args.slider_start!r}.")
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("`--push_to_hub` needs `--hub_model_id owner/name`.")
+
+
+def _resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill unset options: the toy values for the toy run, the real-model values otherwise."""
+    args = argparse.Namespace(**vars(args))
+    args.toy_model = args.pretrained_model_name_or_path is None
+    args.toy_data = args.dataloader_config is None
+    defaults = TOY_DEFAULTS if args.toy_model else REAL_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    if args.lora_alpha is None:
+        args.lora_alpha = float(args.rank)
+    if args.toy_data and args.resolution is None:
+        args.resolution = TOY_DEFAULTS["resolution"]
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cached dataset: latents and text embeddings, encoded once.
+
+
+class CachedSliderDataset(Dataset):
+    """Sample `i` of the slider dataset as cached tensors: latents (mean and std), text embeddings and strength.
+
+    Indexed like the `SliderConcatDataset` it was built from, so the same `SliderBatchSampler` drives it.
+    """
+
+    def __init__(self, means, stds, conditioning: list[Conditioning], strengths: list[float]):
+        self.means, self.stds, self.conditioning, self.strengths = means, stds, conditioning, strengths
+
+    def __len__(self) -> int:
+        return len(self.means)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = {"latents": self.means[index], "conditioning": self.conditioning[index]}
+        if self.stds is not None:
+            sample["latents_std"] = self.stds[index]
+        sample["slider_strength"] = self.strengths[index]
+        return sample
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    batch = {
+        "latents": torch.stack([s["latents"] for s in samples]),
+        "conditioning": collate_conditioning([s["conditioning"] for s in samples]),
+        "slider_strength": torch.tensor([s["slider_strength"] for s in samples], dtype=torch.float64),
+    }
+    if "latents_std" in samples[0]:
+        batch["latents_std"] = torch.stack([s["latents_std"] for s in samples])
+    return batch
+
+
+@torch.no_grad()
+def build_cache(
+    pipe: Any, family: Family, dataset: Any, *, device: torch.device, args: argparse.Namespace, chunk: int = 16
+) -> CachedSliderDataset:
+    """Encode every image with the VAE and every distinct caption with the text encoders, once."""
+    means, stds, captions, strengths = [], [], [], []
+    for start in range(0, len(dataset), chunk):
+        samples = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
+        pixels = torch.stack([sample["pixel_values"] for sample in samples]).to(device)
+        mean, std = encode_images(pipe.vae, pixels)
+        means.extend(mean.float().cpu().unbind(0))
+        if args.latent_sampling == "sample":
+            stds.extend(std.float().cpu().unbind(0))
+        captions.extend(sample["caption"] for sample in samples)
+        strengths.extend(float(sample["slider_strength"]) for sample in samples)
+    distinct = list(dict.fromkeys(captions))
+    embeds: dict[str, Conditioning] = {}
+    for start in range(0, len(distinct), chunk):
+        part = distinct[start : start + chunk]
+        encoded = family.encode_prompts(pipe, part, device, args.max_sequence_length)
+        cpu = {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in encoded.items()}
+        embeds.update(zip(part, split_conditioning(cpu)))
+    conditioning = [embeds[caption] for caption in captions]
+    return CachedSliderDataset(means, stds or None, conditioning, strengths)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training state, checkpoints
+
+
+class TrainState:
+    """The loop's position, saved in every checkpoint through `accelerator.register_for_checkpointing`.
+
+    `sampler` is the `SliderBatchSampler`; its state is saved with the exact number of batches the loop consumed, so
+    a resumed run trains exactly the batches that were still due, in the same order and at the same strengths.
+    """
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.global_step = 0
+        self.batches_in_iteration = 0  # batches consumed since the sampler's current iteration began
+        self.iteration_start = 0  # the epoch step that iteration began at
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step,
+            "sampler": self.sampler.state_dict(batches_consumed=self.batches_in_iteration),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.global_step = int(state["global_step"])
+        self.iteration_start = int(state["sampler"]["step"])
+        self.batches_in_iteration = 0
+
+
+def _checkpoint_folders(output_dir: Path) -> list[Path]:
+    found = [
+        (int(m.group(1)), p)
+        for p in output_dir.glob("checkpoint-*")
+        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def _resolve_checkpoint(value: str, output_dir: Path) -> Path | None:
+    if value == "latest":
+        folders = _checkpoint_folders(output_dir)
+        return folders[-1] if folders else None
+    path = Path(value)
+    if not path.is_dir():
+        raise ValueError(
+            f"`--resume_from_checkpoint` {value!r} is not a checkpoint folder; pass 'latest' or a path such as "
+            f"{output_dir / 'checkpoint-500'}."
+        )
+    return path
+
+
+ADAPTER_CHECKPOINT = "slider_adapter.safetensors"
+
+
+def _register_adapter_hooks(accelerator, denoiser: torch.nn.Module, adapter_name: str) -> None:
+    """Checkpoints hold the slider's weights only (not the frozen base model), in a safetensors file."""
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    def save_hook(models, weights, output_dir):
+        for model in list(models):
+            if accelerator.unwrap_model(model) is denoiser:
+                index = models.index(model)
+                if accelerator.is_main_process:
+                    state = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
+                    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+                    save_file(tensors, os.path.join(output_dir, ADAPTER_CHECKPOINT))
+                if weights:
+                    weights.pop(index)
+
+    def load_hook(models, input_dir):
+        for model in list(models):
+            if accelerator.unwrap_model(model) is denoiser:
+                state = load_file(os.path.join(input_dir, ADAPTER_CHECKPOINT))
+                result = set_peft_model_state_dict(denoiser, state, adapter_name=adapter_name)
+                if result.unexpected_keys:
+                    raise ValueError(
+                        f"Checkpoint {input_dir!r} does not fit this slider: unexpected keys "
+                        f"{list(result.unexpected_keys)[:3]}. Resume with the same model and --rank/--scope."
+                    )
+                models.remove(model)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None) -> Path:
+    path = output_dir / f"checkpoint-{step}"
+    if accelerator.is_main_process and limit is not None:
+        folders = _checkpoint_folders(output_dir)
+        for old in folders[: max(0, len(folders) - limit + 1)]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(path))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _validation_call_kwargs(args: argparse.Namespace, family: Family) -> dict[str, Any]:
+    kwargs = {"num_inference_steps": args.validation_num_inference_steps, **family.call_kwargs(args)}
+    if args.resolution is not None:
+        kwargs["height"] = kwargs["width"] = args.resolution
+    guidance = args.validation_guidance_scale
+    if guidance is None and args.toy_model:
+        guidance = TOY_GUIDANCE.get(family.name, 1.0)
+    if guidance is not None:
+        kwargs["guidance_scale"] = guidance
+    return kwargs
+
+
+@torch.no_grad()
+def render_sweep(pipe: Any, family: Family, args: argparse.Namespace, path: Path, *, title: str) -> Path | None:
+    """A grid of the validation prompts (rows) at the validation strengths (columns), through the pipeline mixin."""
+    if not args.validation_prompts:
+        return None
+    from peft_slider.adapters import activate_adapters
+    from peft_slider.grid import format_strength, save_sweep_grid
+    from peft_slider.pipeline import enable_sliders
+    from peft_slider.prompts import load_prompt_library
+
+    entries = load_prompt_library(args.validation_prompts)
+    enable_sliders(pipe)
+    denoiser = getattr(pipe, family.denoiser)
+    was_training = denoiser.training
+    denoiser.eval()
+    # The assistant is a training aid (e.g. de-distillation for a turbo model): the slider is judged without it.
+    if args.assistant_lora:
+        activate_adapters(denoiser, slider=args.adapter_name, frozen=[])
+    try:
+        rows = [
+            pipe.sweep(
+                entry.prompt,
+                args.validation_strengths,
+                adapter_names=[args.adapter_name],
+                seed=entry.seed if entry.seed is not None else args.validation_seed,
+                slider_start=args.slider_start,
+                **_validation_call_kwargs(args, family),
+            )
+            for entry in entries
+        ]
+    finally:
+        if args.assistant_lora:
+            activate_adapters(denoiser, slider=args.adapter_name, frozen=[args.assistant_adapter_name])
+        denoiser.train(was_training)
+    return Path(
+        save_sweep_grid(
+            rows,
+            path,
+            row_labels=[entry.name for entry in entries],
+            column_labels=[format_strength(s) for s in args.validation_strengths],
+            title=title,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class TrainResult:
+    """What `main` returns: where things were written and how far training got."""
+
+    output_dir: Path
+    global_step: int
+    slider_files: dict[str, Path]
+    sweep_image: Path | None
+    concept_statistic: dict[str, dict[float, float]] | None
+    base_model: str
+    pipeline: Any = None
+
+
+def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    # Noise and timesteps depend only on the position, so a resumed run draws what an uninterrupted one would.
+    return hash((seed, epoch, step, rank)) % (2**63)
+
+
+def _prepare_toy(args: argparse.Namespace, accelerator) -> None:
+    """Write the toy dataset and/or the tiny base (main process), and point `args` at them."""
+    import toy
+
+    toy_dir = Path(args.output_dir) / "toy"
+    if args.toy_data:
+        config = toy_dir / "data" / "multidatabackend.json"
+        if accelerator.is_main_process and not config.is_file():
+            logger.info("Toy run: writing the synthetic lighting dataset to %s", config.parent)
+            toy.write_toy_dataset(config.parent, resolution=args.resolution, seed=args.seed)
+        args.dataloader_config = str(config)
+        if args.validation_prompts is None:
+            args.validation_prompts = str(config.parent / "prompt_library.json")
+        if args.concept is None:
+            args.concept = toy.CONCEPT
+    if args.toy_model:
+        base = toy_dir / f"tiny-{args.tiny_family}-base"
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process and not (base / "model_index.json").is_file():
+            logger.info(
+                "Toy run: building a tiny %s pipeline, fitting its VAE decoder and denoiser to the dataset for %d "
+                "steps, saving it to %s",
+                args.tiny_family,
+                args.tiny_base_fit_steps,
+                base,
+            )
+            toy.build_toy_base(
+                args.tiny_family,
+                base,
+                dataloader_config=args.dataloader_config,
+                fit_steps=args.tiny_base_fit_steps,
+                resolution=args.resolution or 32,
+                seed=args.seed,
+            )
+        args.pretrained_model_name_or_path = str(base)
+    accelerator.wait_for_everyone()
+
+
+class SliderTraining:
+    """One training run: setup in `__init__`, then `train()` and `save()`. `main` runs all three."""
+
+    def __init__(self, args: argparse.Namespace, accelerator):
+        self.args = args
+        self.accelerator = accelerator
+        self.output_dir = Path(args.output_dir)
+        self.device = accelerator.device
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            accelerator.mixed_precision, torch.float32
+        )
+        self._load_pipeline()
+        self._add_slider()
+        self._load_data()
+        self._prepare_optimization()
+
+    # ------------------------------------------------------------------------------------------------------- setup
+
+    def _load_pipeline(self) -> None:
+        from diffusers import DiffusionPipeline
+
+        args = self.args
+        # The real loading path, also for the toy run's tiny base.
+        pipe = DiffusionPipeline.from_pretrained(
+            args.pretrained_model_name_or_path,
+            torch_dtype=self.weight_dtype,
+            revision=args.revision,
+            variant=args.variant,
+        )
+        self.family = family_of(pipe)
+        if args.max_sequence_length is None:
+            args.max_sequence_length = self.family.max_sequence_length
+            if args.toy_model and self.family.max_sequence_length is not None:
+                from peft_slider.tiny_pipelines import tiny_call_kwargs
+
+                args.max_sequence_length = tiny_call_kwargs(args.tiny_family)["max_sequence_length"]
+        pipe.set_progress_bar_config(disable=True)
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.requires_grad_(False)
+                component.eval()
+        pipe.to(self.device)
+        self.pipe = pipe
+        self.denoiser = getattr(pipe, self.family.denoiser)
+
+    def _add_slider(self) -> None:
+        from peft_slider import SliderLoraConfig
+        from peft_slider.adapters import activate_adapters, add_assistant_adapter
+        from peft_slider.scaling import SliderScaler
+
+        args, denoiser = self.args, self.denoiser
+        config = SliderLoraConfig(
+            r=args.rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, scope=args.scope, model=denoiser
+        )
+        denoiser.add_adapter(config, adapter_name=args.adapter_name)
+        if args.assistant_lora:
+            # Frozen and always on; the scaler below scales only the slider, so the assistant keeps its scale.
+            add_assistant_adapter(
+                denoiser, args.assistant_lora, adapter_name=args.assistant_adapter_name, prefix=self.family.denoiser
+            )
+            activate_adapters(denoiser, slider=args.adapter_name, frozen=[args.assistant_adapter_name])
+        self.params = [p for p in denoiser.parameters() if p.requires_grad]
+        for param in self.params:
+            param.data = param.data.float()  # trainable weights stay float32 under mixed precision
+        if args.gradient_checkpointing:
+            denoiser.enable_gradient_checkpointing()
+        denoiser.train()
+        self.scaler = SliderScaler(denoiser, adapter_names=args.adapter_name)
+
+    def _load_data(self) -> None:
+        from peft_slider.data import SliderConcatDataset, load_simpletuner_backends
+        from peft_slider.objectives import is_flow_matching_scheduler, objective_from_scheduler
+        from peft_slider.sampler import SliderBatchSampler
+
+        args, accelerator = self.args, self.accelerator
+        backends = load_simpletuner_backends(
+            args.dataloader_config, resolution=args.resolution, base_dir=args.data_root
+        )
+        self.dataset = SliderConcatDataset(backends)
+        listing = ", ".join(f"{b.name} ({len(b)} samples, strength {b.slider_strength})" for b in backends)
+        logger.info("Backends: %s", listing)
+        self.cache = build_cache(self.pipe, self.family, self.dataset, device=self.device, args=args)
+        # Sharded by rank: at every step all ranks train the same backend (the same strength) on disjoint samples.
+        self.sampler = SliderBatchSampler(
+            self.dataset.backends,
+            batch_size=args.train_batch_size,
+            seed=args.seed,
+            num_replicas=accelerator.num_processes,
+            rank=accelerator.process_index,
+        )
+        self.loader = DataLoader(self.cache, batch_sampler=self.sampler, collate_fn=collate, num_workers=0)
+        self.neutral = NeutralObjective(
+            args.neutral_objective, strength=args.neutral_strength, backends=self.dataset.backends
+        )
+        options = {}
+        if is_flow_matching_scheduler(self.pipe.scheduler):
+            options = {
+                "sigma_sampling": args.sigma_sampling,
+                "logit_mean": args.logit_mean,
+                "logit_std": args.logit_std,
+            }
+            if args.flow_shift is not None:
+                options["shift"] = args.flow_shift
+        self.objective = objective_from_scheduler(self.pipe.scheduler, **options)
+        logger.info("Objective: %r; neutral batches: %r", self.objective, self.neutral)
+
+    def _prepare_optimization(self) -> None:
+        from diffusers.optimization import get_scheduler
+
+        args, accelerator = self.args, self.accelerator
+        trainable = sum(1 for info in self.sampler.plan() if self.neutral.step(info.slider_strength).train)
+        if trainable == 0:
+            raise ValueError(
+                "No batch of the dataset trains the slider: every backend is neutral and --neutral_objective is "
+                "'skip'. Give backends a `slider_strength` (> 0 and < 0) or choose another neutral objective."
+            )
+        updates_per_epoch = math.ceil(trainable / args.gradient_accumulation_steps)
+        self.max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
+        optimizer = torch.optim.AdamW(
+            self.params,
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            weight_decay=args.adam_weight_decay,
+            eps=args.adam_epsilon,
+        )
+        # A prepared LR scheduler steps once per process per update, hence the factor.
+        lr_scheduler = get_scheduler(
+            args.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=self.max_train_steps * accelerator.num_processes,
+        )
+        self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.denoiser, optimizer, lr_scheduler)
+        self.state = TrainState(self.sampler)
+        accelerator.register_for_checkpointing(self.state)
+        _register_adapter_hooks(accelerator, self.denoiser, args.adapter_name)
+        if accelerator.is_main_process and args.report_to != "none":
+            config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+            accelerator.init_trackers("train_slider", config=config)
+
+    # ------------------------------------------------------------------------------------------------------- training
+
+    def resume(self) -> int | None:
+        """Load `--resume_from_checkpoint`; returns the epoch to continue, or None for a fresh start."""
+        if not self.args.resume_from_checkpoint:
+            return None
+        path = _resolve_checkpoint(self.args.resume_from_checkpoint, self.output_dir)
+        if path is None:
+            logger.info("No checkpoint in %s; starting a new run.", self.output_dir)
+            return None
+        logger.info("Resuming from %s", path)
+        self.accelerator.load_state(str(path))
+        return self.sampler.epoch
+
+    def train_step(self, batch: dict[str, Any], strength: float, target_kind: str, seed: int) -> torch.Tensor:
+        """One forward and backward pass of the slider at `strength` (inside `accelerator.accumulate`)."""
+        args, device, family = self.args, self.device, self.family
+        generator = torch.Generator(device=device).manual_seed(seed)
+        latents = batch["latents"].to(device)
+        if "latents_std" in batch:
+            noise = torch.randn(latents.shape, generator=generator, device=device)
+            latents = latents + batch["latents_std"].to(device) * noise
+        noisy = self.objective.add_noise(latents.to(self.weight_dtype), generator=generator)
+        cond = move_conditioning(batch["conditioning"], device, self.weight_dtype)
+        if target_kind == "base":
+            # The frozen base model's prediction: the slider at 0 (the assistant, if any, stays on).
+            with torch.no_grad(), self.scaler.at(0.0):
+                target = family.predict(self.pipe, self.denoiser, noisy, cond, args).detach()
+        else:
+            target = noisy.target
+        # The batch's strength holds for the forward and the backward pass (gradient checkpointing re-runs the
+        # forward inside backward), and the previous scale is restored exactly on exit.
+        with self.scaler.at(strength):
+            prediction = family.predict(self.pipe, self.model, noisy, cond, args)
+            loss = self.objective.loss(prediction, target)
+            self.accelerator.backward(loss)
+        if self.accelerator.sync_gradients and args.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.params, args.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def train(self) -> None:
+        from tqdm.auto import tqdm
+
+        from peft_slider.data import batch_strength
+
+        args, accelerator, state, sampler = self.args, self.accelerator, self.state, self.sampler
+        resume_epoch = self.resume()
+        self._start_log()
+        progress = tqdm(
+            range(self.max_train_steps),
+            initial=state.global_step,
+            desc="slider",
+            disable=not accelerator.is_local_main_process,
+        )
+        epoch = resume_epoch if resume_epoch is not None else 0
+        while state.global_step < self.max_train_steps:
+            sampler.set_epoch(epoch)  # keeps a loaded resume point for the same epoch
+            if epoch != resume_epoch:
+                state.iteration_start = 0
+            resume_epoch = None
+            state.batches_in_iteration = 0
+            plan = sampler.plan()
+            # Neutral batches alternate +s_n / -s_n by their rank among the epoch's neutral batches, so a resumed
+            # run alternates exactly as an uninterrupted one.
+            neutral_index, seen = [], 0
+            for info in plan:
+                neutral_index.append(seen)
+                seen += info.group == "neutral"
+            trained = 0
+            for batch in self.loader:
+                step_in_epoch = state.iteration_start + state.batches_in_iteration
+                info = plan[step_in_epoch]
+                strength = batch_strength(batch)
+                if strength != info.slider_strength:
+                    raise RuntimeError(
+                        f"Batch {step_in_epoch} of epoch {epoch} carries strength {strength}, but the sampler planned "
+                        f"{info.slider_strength} (backend {info.backend!r}): the dataset and sampler are out of step."
+                    )
+                step_plan = self.neutral.step(strength, neutral_index=neutral_index[step_in_epoch])
+                state.batches_in_iteration += 1
+                if not step_plan.train:
+                    continue
+                trained += 1
+                with accelerator.accumulate(self.model):
+                    seed = _step_seed(args.seed, epoch, step_in_epoch, accelerator.process_index)
+                    loss = self.train_step(batch, step_plan.strength, step_plan.target, seed)
+                if not accelerator.sync_gradients:
+                    continue
+                state.global_step += 1
+                loss_value = accelerator.gather(loss.reshape(1)).mean().item()
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss_value:.4f}", strength=f"{step_plan.strength:+.2f}")
+                self._log(epoch, step_in_epoch, info, strength, step_plan, loss_value)
+                self._after_step(state.global_step)
+                if state.global_step >= self.max_train_steps:
+                    break
+            if state.global_step < self.max_train_steps and trained == 0 and state.iteration_start == 0:
+                raise RuntimeError(f"Epoch {epoch} trained no batch; check the backends and --neutral_objective.")
+            epoch += 1
+        progress.close()
+
+    def _start_log(self) -> None:
+        """A fresh run starts a fresh log; a resumed run keeps the records up to its checkpoint."""
+        path = self.output_dir / "train_log.jsonl"
+        if not self.accelerator.is_main_process or not path.is_file():
+            return
+        kept = []
+        if self.state.global_step > 0:
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            kept = [line for line in kept if json.loads(line)["step"] <= self.state.global_step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def _log(self, epoch: int, step_in_epoch: int, info, strength: float, step_plan, loss: float) -> None:
+        step = self.state.global_step
+        if self.args.report_to != "none":
+            lr = self.lr_scheduler.get_last_lr()[0]
+            self.accelerator.log({"loss": loss, "strength": step_plan.strength, "lr": lr}, step=step)
+        if self.accelerator.is_main_process:
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "batch": step_in_epoch,
+                "backend": info.backend,
+                "batch_strength": strength,
+                "trained_strength": step_plan.strength,
+                "target": step_plan.target,
+                "loss": loss,
+            }
+            with open(self.output_dir / "train_log.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _after_step(self, step: int) -> None:
+        args = self.args
+        if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < self.max_train_steps:
+            _save_checkpoint(self.accelerator, self.output_dir, step, args.checkpoints_total_limit)
+        if args.validation_steps and step % args.validation_steps == 0 and self.accelerator.is_main_process:
+            path = self.output_dir / "validation" / f"step-{step:06d}"
+            with self.accelerator.autocast():  # frozen weights in fp16/bf16, the slider's in float32
+                render_sweep(self.pipe, self.family, args, path, title=f"step {step}")
+
+    # ------------------------------------------------------------------------------------------------------- output
+
+    def metadata(self):
+        from peft_slider.metadata import SliderMetadata
+
+        args, backends = self.args, self.dataset.backends
+        strengths = sorted({b.strength for b in backends if b.strength != 0})
+        if self.neutral.mode in ("preserve", "match_base") and any(b.strength == 0 for b in backends):
+            strengths += [self.neutral.strength, -self.neutral.strength]
+        low, high = min(strengths), max(strengths)
+        reach = max(abs(low), abs(high))
+        return SliderMetadata(
+            concept=args.concept,
+            base_model=args.pretrained_model_name_or_path,
+            architecture=type(self.denoiser).__name__,
+            scope=args.scope,
+            trained_strengths=(low, high),
+            recommended_range=tuple(args.recommended_range) if args.recommended_range else (-2 * reach, 2 * reach),
+            slider_start=args.slider_start or None,
+        )
+
+    def save(self) -> TrainResult:
+        """The final checkpoint, the slider (diffusers + PEFT formats, with metadata), the sweep image, the hub."""
+        from peft_slider.export import save_slider
+
+        args, accelerator = self.args, self.accelerator
+        accelerator.wait_for_everyone()
+        result = TrainResult(
+            self.output_dir, self.state.global_step, {}, None, None, args.pretrained_model_name_or_path, self.pipe
+        )
+        if args.checkpointing_steps:
+            _save_checkpoint(accelerator, self.output_dir, self.state.global_step, args.checkpoints_total_limit)
+        if accelerator.is_main_process:
+            metadata = self.metadata()
+            self.denoiser.eval()
+            result.slider_files = save_slider(
+                self.pipe, self.output_dir, adapter_name=args.adapter_name, metadata=metadata, comfyui=args.comfyui
+            )
+            title = args.concept or "slider"
+            with accelerator.autocast():  # frozen weights in fp16/bf16, the slider's in float32
+                sweep = render_sweep(self.pipe, self.family, args, self.output_dir / "sweep.png", title=title)
+                if args.toy_data:
+                    result.concept_statistic = _toy_statistic(self.pipe, args, self.family)
+            result.sweep_image = sweep
+            if args.push_to_hub:
+                _push(self.output_dir, result, metadata, args)
+            names = ", ".join(p.name for p in result.slider_files.values())
+            logger.info("Slider saved to %s (%s)", self.output_dir, names)
+        accelerator.wait_for_everyone()
+        return result
+
+
+def main(args: argparse.Namespace | None = None) -> TrainResult:
+    """Run training as the command line (or `args` from `parse_args([...])`) says; returns a `TrainResult`."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    args = _resolve_defaults(parse_args([]) if args is None else args)
+    _check_args(args)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+        ),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"Launched as {world_size} processes (WORLD_SIZE={world_size}), but accelerate runs each as a single "
+            "process, so they would all train alone into the same folder. Without GPUs, set ACCELERATE_USE_CPU=1 "
+            "(torchrun on CPU uses gloo); with GPUs use `accelerate launch --multi_gpu --num_processes N`."
+        )
+    if not accelerator.is_main_process:
+        logger.setLevel(logging.WARNING)
+    logger.info("Processes: %d (%s)", accelerator.num_processes, accelerator.distributed_type)
+    set_seed(args.seed)
+    threads = torch.get_num_threads()
+    if args.toy_model and "OMP_NUM_THREADS" not in os.environ and accelerator.device.type == "cpu":
+        # The toy models are so small that threads only add synchronisation, and on a busy machine they wait on
+        # each other: one thread is several times faster. OMP_NUM_THREADS overrides this.
+        torch.set_num_threads(1)
+    try:
+        if accelerator.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        if args.toy_model or args.toy_data:
+            _prepare_toy(args, accelerator)
+        run = SliderTraining(args, accelerator)
+        run.train()
+        return run.save()
+    finally:
+        accelerator.end_training()
+        torch.set_num_threads(threads)
+
+
+def _toy_statistic(pipe: Any, args: argparse.Namespace, family: Family) -> dict[str, dict[float, float]]:
+    """Print and save the toy concept's statistics at each validation strength."""
+    import toy
+
+    direction = toy.concept_direction(pipe, args.dataloader_config, resolution=args.resolution)
+    kwargs = _validation_call_kwargs(args, family)
+    strengths = args.validation_strengths
+    latents = toy.sweep_outputs(pipe, strengths, adapter_names=args.adapter_name, **kwargs)
+    images = toy.sweep_outputs(pipe, strengths, adapter_names=args.adapter_name, output_type="pt", **kwargs)
+    table = {
+        "latent_projection": dict(zip(strengths, toy.concept_statistic(latents, direction))),
+        "right_minus_left_brightness": dict(zip(strengths, toy.lighting_statistic(images))),
+    }
+    print(f"Concept '{args.concept}' per strength (mean over {len(toy.DEFAULT_SEEDS)} seeds):")
+    print("  strength   latent projection   right-left brightness")
+    for strength in strengths:
+        projection = table["latent_projection"][strength]
+        brightness = table["right_minus_left_brightness"][strength]
+        print(f"  {strength:+8.1f}   {projection:+17.3f}   {brightness:+21.3f}")
+    for name, values in table.items():
+        trend = "increases" if toy.is_increasing(list(values.values())) else "does NOT increase"
+        print(f"  {name} {trend} monotonically with strength")
+    path = Path(args.output_dir) / "concept_statistic.json"
+    saved = {name: {str(k): v for k, v in values.items()} for name, values in table.items()}
+    path.write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
+    return table
+
+
+def _push(output_dir: Path, result: TrainResult, metadata, args: argparse.Namespace) -> None:
+    """Upload only the slider files, the sweep image and a model card (not checkpoints or the toy data)."""
+    from peft_slider.hub import push_slider_to_hub, write_model_card
+
+    with tempfile.TemporaryDirectory() as staging:
+        for path in result.slider_files.values():
+            shutil.copy2(path, Path(staging) / path.name)
+        config = output_dir / "adapter_config.json"
+        if config.is_file():
+            shutil.copy2(config, Path(staging) / config.name)
+        write_model_card(staging, metadata, grid_image=result.sweep_image, repo_id=args.hub_model_id)
+        url = push_slider_to_hub(staging, args.hub_model_id, token=args.hub_token)
+    logger.info("Pushed to %s", url)
+
+
+if __name__ == "__main__":
+    main(parse_args())
