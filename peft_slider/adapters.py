@@ -14,14 +14,25 @@ Works for a [`~peft.PeftModel`] and for a model that carries adapters directly (
 
 from __future__ import annotations
 
-import json
+import copy
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import torch
 from peft import PeftConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+
+from .export import (
+    _PEFT_PREFIX,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHT_NAME,
+    _load_tensors,
+    _read_peft_config,
+    _weight_candidates,
+    _weights_file,
+)
 
 __all__ = [
     "activate_adapters",
@@ -33,18 +44,28 @@ __all__ = [
     "slider_adapter_names",
 ]
 
-# PEFT's save_pretrained writes these two files; anything else in a folder is treated as a diffusers LoRA file.
-_PEFT_CONFIG_NAME = "adapter_config.json"
-_PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
-_PEFT_KEY_PREFIX = "base_model.model."
-# The file diffusers' `save_lora_adapter` and pipelines' `save_lora_weights` write.
-_DIFFUSERS_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-
 
 def _tuner_layers(model: nn.Module) -> Iterator[tuple[str, BaseTunerLayer]]:
     for name, module in model.named_modules():
         if isinstance(module, BaseTunerLayer):
             yield name, module
+
+
+def _layer_holds(layer: BaseTunerLayer, adapter: str) -> bool:
+    """Whether a tuner layer holds weights of `adapter` (a layer only holds the adapters whose targets it matched)."""
+    return any(adapter in getattr(layer, attr, ()) for attr in layer.adapter_layer_names)
+
+
+def _adapter_layers(model: nn.Module, adapter: str) -> list[BaseTunerLayer]:
+    """The tuner layers of `model` that hold `adapter`, in module order."""
+    return [layer for _, layer in _tuner_layers(model) if _layer_holds(layer, adapter)]
+
+
+def _set_weight(layers: Iterable[BaseTunerLayer], adapter: str, weight: float) -> None:
+    """Sets `adapter`'s weight in `layers` absolutely, as diffusers' `set_adapters` does per layer: PEFT's
+    `set_scale` writes `weight * lora_alpha / r` whatever the current scale is."""
+    for layer in layers:
+        layer.set_scale(adapter, weight)
 
 
 def _layer_adapter_params(layer: BaseTunerLayer) -> Iterator[tuple[str, nn.Parameter]]:
@@ -58,6 +79,44 @@ def _layer_adapter_params(layer: BaseTunerLayer) -> Iterator[tuple[str, nn.Param
         elif isinstance(container, nn.ParameterDict):
             for adapter, param in container.items():
                 yield adapter, param
+
+
+class _AdapterState:
+    """An exact snapshot of every adapter layer of a model: scales, active adapters, `requires_grad`.
+
+    `restore()` puts them back (never by division, so scales 0 and negative restore exactly). Adapters added after the
+    snapshot are not removed by it; delete them first.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [layer for _, layer in _tuner_layers(model)]
+        self.scaling = [
+            (layer.scaling, dict(layer.scaling))
+            for layer in self.layers
+            if isinstance(getattr(layer, "scaling", None), dict)
+        ]
+        self.active = [(layer, list(layer.active_adapters)) for layer in self.layers]
+        self.requires_grad = [(p, p.requires_grad) for layer in self.layers for _, p in _layer_adapter_params(layer)]
+        # A PeftModel's tuner keeps its own record of the active adapter(s) (used by save and merge).
+        tuner = model.base_model if isinstance(model, PeftModel) else None
+        self.tuner_active = (tuner, copy.copy(tuner.active_adapter)) if tuner is not None else None
+
+    def restore_requires_grad(self) -> None:
+        for parameter, flag in self.requires_grad:
+            parameter.requires_grad_(flag)
+
+    def restore(self) -> None:
+        for layer, active in self.active:
+            if list(layer.active_adapters) != active:
+                layer.set_adapter(active)
+        for live, saved in self.scaling:
+            for adapter, value in saved.items():
+                live[adapter] = value
+        if self.tuner_active is not None:
+            tuner, active = self.tuner_active
+            tuner.active_adapter = active
+        # PEFT's set_adapter makes the adapters it activates trainable; put the flags back.
+        self.restore_requires_grad()
 
 
 def _adapter_trainability(model: nn.Module) -> dict[str, bool]:
@@ -170,19 +229,29 @@ def active_adapter_names(model: nn.Module) -> list[str]:
 
 
 def _as_name_list(value: str | Sequence[str], argument: str) -> list[str]:
+    """An adapter name or a sequence of names as a list without repeats; TypeError for anything else."""
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, Sequence) or not all(isinstance(n, str) and n for n in names):
         raise TypeError(f"`{argument}` must be an adapter name or a list of adapter names, got {value!r}.")
     return list(dict.fromkeys(names))
 
 
-def _check_known(model: nn.Module, names: Sequence[str], argument: str) -> None:
+def _check_known(model: nn.Module, names: Sequence[str], argument: str, *, hint: str = "") -> None:
     known = adapter_names(model)
     for name in names:
         if name not in known:
             raise ValueError(
-                f"Unknown adapter {name!r} in `{argument}`: {type(model).__name__} has the adapters {known}."
+                f"Unknown adapter {name!r} in `{argument}`: {type(model).__name__} has the adapters {known}.{hint}"
             )
+
+
+def _check_adapter_names(model: nn.Module, value: str | Sequence[str], argument: str, *, hint: str = "") -> list[str]:
+    """The adapter names an optional `adapter_names=`-style argument gives: at least one, each carried by `model`."""
+    names = _as_name_list(value, argument)
+    if not names:
+        raise ValueError(f"`{argument}` is empty; name at least one adapter, or leave it unset for the default.")
+    _check_known(model, names, argument, hint=hint)
+    return names
 
 
 def freeze_adapter(model: nn.Module, adapter_name: str) -> None:
@@ -280,28 +349,33 @@ def activate_adapters(
 
 
 def _read_peft_folder(folder: str) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    weights = os.path.join(folder, _PEFT_WEIGHTS_NAME)
-    if not os.path.isfile(weights):
-        raise ValueError(f"`source` folder {folder!r} has {_PEFT_CONFIG_NAME} but no {_PEFT_WEIGHTS_NAME}.")
-    with open(os.path.join(folder, _PEFT_CONFIG_NAME), encoding="utf-8") as f:
-        config_dict = json.load(f)
-    config = PeftConfig.from_peft_type(**config_dict)
-    return config, load_file(weights)
+    """The config (any PEFT method) and weights of a folder written by PEFT's `save_pretrained`."""
+    # The file formats are known once, in peft_slider.export (which imports neither PEFT nor diffusers at load).
+    weights = _weights_file(Path(folder), PEFT_WEIGHT_NAME)
+    tensors, _ = _load_tensors(weights)
+    config = PeftConfig.from_peft_type(**_read_peft_config(weights, repr(str(weights))))
+    return config, tensors
 
 
 def _lora_file_in(folder: str) -> str:
-    """The LoRA file of a diffusers folder: `pytorch_lora_weights.safetensors`, or its only `.safetensors` file."""
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
-    if _DIFFUSERS_WEIGHTS_NAME in files:
-        return _DIFFUSERS_WEIGHTS_NAME
+    """The LoRA file of a diffusers folder, chosen as `peft_slider.export` chooses a slider's file."""
+    files = _weight_candidates(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)))
     if len(files) == 1:
         return files[0]
     found = f"the .safetensors files {files}" if files else "no .safetensors file"
     raise ValueError(
-        f"`source` folder {folder!r} has no {_PEFT_CONFIG_NAME} and {found}; pass the path of the LoRA file instead."
+        f"`source` folder {folder!r} has no {PEFT_CONFIG_NAME} and {found}; pass the path of the LoRA file instead."
     )
+
+
+def _component_of(model: nn.Module) -> str:
+    """The pipeline component (and LoRA-file key prefix) of a denoiser, from the architecture table."""
+    from .targets import TargetingError, find_architecture
+
+    try:
+        return find_architecture(model).component
+    except TargetingError:
+        return "transformer"  # diffusers' own default
 
 
 def _delete_adapter(model: nn.Module, adapter_name: str) -> None:
@@ -320,29 +394,24 @@ def _inject_with_state_dict(
 ) -> None:
     if isinstance(model, PeftModel):
         # PeftModel state dicts name modules from the PeftModel itself.
-        state_dict = {
-            (k if k.startswith(_PEFT_KEY_PREFIX) else _PEFT_KEY_PREFIX + k): v for k, v in state_dict.items()
-        }
+        state_dict = {(k if k.startswith(_PEFT_PREFIX) else _PEFT_PREFIX + k): v for k, v in state_dict.items()}
         model.add_adapter(adapter_name, config)
     else:
-        state_dict = {k.removeprefix(_PEFT_KEY_PREFIX): v for k, v in state_dict.items()}
+        state_dict = {k.removeprefix(_PEFT_PREFIX): v for k, v in state_dict.items()}
         if getattr(model, "_hf_peft_config_loaded", None) is not None:
             model.add_adapter(config, adapter_name=adapter_name)  # diffusers: also records peft_config
         else:
             inject_adapter_in_model(config, model, adapter_name=adapter_name)
-    try:
-        result = set_peft_model_state_dict(model, state_dict, adapter_name=adapter_name)
-        unexpected = list(result.unexpected_keys)
-        missing = [k for k in result.missing_keys if f".{adapter_name}." in k or k.endswith(f".{adapter_name}")]
-        if unexpected or missing:
-            raise ValueError(
-                f"The state dict for adapter {adapter_name!r} does not fit {type(model).__name__}: "
-                f"{len(unexpected)} unexpected keys (first: {unexpected[:3]}), {len(missing)} adapter weights "
-                f"missing (first: {missing[:3]}). Check that it was saved from the same model architecture."
-            )
-    except BaseException:
-        _delete_adapter(model, adapter_name)
-        raise
+    # On an error the caller deletes the new adapter and restores the others.
+    result = set_peft_model_state_dict(model, state_dict, adapter_name=adapter_name)
+    unexpected = list(result.unexpected_keys)
+    missing = [k for k in result.missing_keys if f".{adapter_name}." in k or k.endswith(f".{adapter_name}")]
+    if unexpected or missing:
+        raise ValueError(
+            f"The state dict for adapter {adapter_name!r} does not fit {type(model).__name__}: "
+            f"{len(unexpected)} unexpected keys (first: {unexpected[:3]}), {len(missing)} adapter weights "
+            f"missing (first: {missing[:3]}). Check that it was saved from the same model architecture."
+        )
 
 
 def add_assistant_adapter(
@@ -351,7 +420,7 @@ def add_assistant_adapter(
     *,
     adapter_name: str = "assistant",
     state_dict: dict[str, torch.Tensor] | None = None,
-    prefix: str | None = "transformer",
+    prefix: str | None = "auto",
 ) -> None:
     """
     Loads an adapter beside the existing ones as a frozen, always-active "assistant".
@@ -376,9 +445,11 @@ def add_assistant_adapter(
             Name for the new adapter; must not be in use.
         state_dict (`dict[str, torch.Tensor]`, *optional*):
             The adapter weights when `source` is a `PeftConfig`, keyed like PEFT's `get_peft_model_state_dict`.
-        prefix (`str`, *optional*, defaults to `"transformer"`):
+        prefix (`str`, *optional*, defaults to `"auto"`):
             Only for diffusers LoRA files: the key prefix to select (`"transformer"` for files saved by a DiT pipeline,
-            `"unet"` for UNet pipelines, `None` for files saved by `model.save_lora_adapter`).
+            `"unet"` for UNet pipelines, `None` for files saved by `model.save_lora_adapter`). `"auto"` takes the
+            model's pipeline component from the architecture table: `"unet"` for `UNet2DConditionModel` and
+            `ControlNetModel`, `"transformer"` for the DiTs and for classes not in the table.
 
     Example:
 
@@ -405,11 +476,28 @@ def add_assistant_adapter(
         raise ValueError(f"`adapter_name` {adapter_name!r} is already in use; pick another name.")
 
     previously_active = active_adapter_names(model)
-    # PEFT and diffusers activate (and unfreeze) adapters while loading; remember the trainability to restore it.
-    requires_grad = {
-        param: param.requires_grad for _, layer in _tuner_layers(model) for _, param in _layer_adapter_params(layer)
-    }
+    # PEFT and diffusers activate (and unfreeze) adapters while loading, also when loading then fails: snapshot first.
+    state = _AdapterState(model)
+    try:
+        _load_adapter(model, source, adapter_name=adapter_name, state_dict=state_dict, prefix=prefix)
+        _set_active(model, previously_active + [adapter_name])
+    except BaseException:
+        if adapter_name in adapter_names(model):
+            _delete_adapter(model, adapter_name)
+        state.restore()
+        raise
+    state.restore_requires_grad()
+    freeze_adapter(model, adapter_name)
 
+
+def _load_adapter(
+    model: nn.Module,
+    source: str | os.PathLike | PeftConfig,
+    *,
+    adapter_name: str,
+    state_dict: dict[str, torch.Tensor] | None,
+    prefix: str | None,
+) -> None:
     if isinstance(source, PeftConfig):
         if state_dict is None:
             raise ValueError("`state_dict` is required when `source` is a PeftConfig; pass the adapter weights.")
@@ -418,11 +506,13 @@ def add_assistant_adapter(
         if state_dict is not None:
             raise ValueError("`state_dict` is only used with a PeftConfig `source`; got a path as well.")
         path = os.fspath(source)
-        if os.path.isfile(os.path.join(path, _PEFT_CONFIG_NAME)):
+        if os.path.isfile(os.path.join(path, PEFT_CONFIG_NAME)):
             config, weights = _read_peft_folder(path)
             _inject_with_state_dict(model, config, weights, adapter_name)
         elif os.path.exists(path) and hasattr(model, "load_lora_adapter"):
             folder, weight_name = os.path.split(path) if os.path.isfile(path) else (path, _lora_file_in(path))
+            if prefix == "auto":
+                prefix = _component_of(model)
             model.load_lora_adapter(folder, weight_name=weight_name, prefix=prefix, adapter_name=adapter_name)
             if adapter_name not in adapter_names(model):
                 raise ValueError(
@@ -431,15 +521,10 @@ def add_assistant_adapter(
                 )
         elif os.path.exists(path):
             raise ValueError(
-                f"`source` {path!r} has no {_PEFT_CONFIG_NAME}; only diffusers models (with `load_lora_adapter`) "
+                f"`source` {path!r} has no {PEFT_CONFIG_NAME}; only diffusers models (with `load_lora_adapter`) "
                 f"read other LoRA files, and {type(model).__name__} is not one."
             )
         else:
             raise ValueError(f"`source` {path!r} does not exist; pass a local folder, file or a PeftConfig.")
     else:
         raise TypeError(f"`source` must be a path or a PeftConfig, got {type(source).__name__}.")
-
-    _set_active(model, previously_active + [adapter_name])
-    for param, flag in requires_grad.items():
-        param.requires_grad_(flag)
-    freeze_adapter(model, adapter_name)

@@ -22,6 +22,7 @@ Names were read off diffusers 0.42.1 (see the README table for how they differ f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["ARCHITECTURES", "FAMILY_ALIASES", "ArchitectureSpec", "Rule", "SCOPES"]
 
@@ -74,6 +75,17 @@ class ArchitectureSpec:
         attention_blocks (`tuple[str, ...]`): Regexes of the image-stream attention modules (visual scope).
         joint_blocks (`tuple[str, ...]`): Regexes of the single-stream attention modules (joint scope).
         note (`str`): How this family differs from the seed lists.
+        aliases (`tuple[str, ...]`): Short family names accepted by ``architecture=`` (``"flux"``, ``"sdxl"``).
+        component (`str`, *optional*, defaults to `"transformer"`): The pipeline component that holds the model,
+            which is also the key prefix of its weights in a pipeline's LoRA file (``"unet"`` or ``"transformer"``).
+        lora_loader (`str`, *optional*): The diffusers LoRA loader mixin (in `diffusers.loaders.lora_pipeline`) of
+            the model's pipelines, whose `save_lora_weights` writes the file `pipe.load_lora_weights` reads; `None`
+            where diffusers has no pipeline LoRA loader for the class.
+        comfyui_layout (`str`, *optional*): The key layout ComfyUI / A1111 read for the family (see
+            `peft_slider.kohya`): ``"kohya"`` (`lora_unet_...` keys), ``"transformer"`` (`transformer.<module>` keys)
+            or `None` where ComfyUI reads only the original (non-diffusers) naming.
+        video (`bool`, *optional*, defaults to `False`): A video model (model cards say `text-to-video`).
+        hub_tag (`str`, *optional*): The family tag of model cards; defaults to the first alias.
     """
 
     class_name: str
@@ -84,6 +96,11 @@ class ArchitectureSpec:
     joint_blocks: tuple[str, ...] = ()
     note: str = ""
     aliases: tuple[str, ...] = field(default=())
+    component: str = "transformer"
+    lora_loader: str | None = None
+    comfyui_layout: str | None = None
+    video: bool = False
+    hub_tag: str | None = None
 
     def rules_for(self, scope: str) -> tuple[Rule, ...]:
         """The rules in force for `scope` (``"visual"`` or ``"joint"``)."""
@@ -97,7 +114,7 @@ class ArchitectureSpec:
 
 
 def _unet(
-    class_name: str, family: str, *, controlnet: bool = False, aliases: tuple[str, ...] = ()
+    class_name: str, family: str, *, controlnet: bool = False, aliases: tuple[str, ...] = (), **row: Any
 ) -> ArchitectureSpec:
     rules = [
         Rule(rf"{_UNET_TRANSFORMER}\.transformer_blocks\.\d+\.attn1\.{_QKVO}", "attention", note="self-attention"),
@@ -125,6 +142,7 @@ def _unet(
         text_path=text_path,
         attention_blocks=(rf"{_UNET_TRANSFORMER}\.transformer_blocks\.\d+\.attn1",),
         aliases=aliases,
+        **row,
         note="general list, less cross-attention K/V"
         + (" and the conditioning-image encoder's conv_in/conv_out" if controlnet else ""),
     )
@@ -139,7 +157,9 @@ def _mmdit_text_path(block: str) -> tuple[str, ...]:
     )
 
 
-def _sd3(class_name: str, family: str, *, controlnet: bool = False, aliases: tuple[str, ...] = ()) -> ArchitectureSpec:
+def _sd3(
+    class_name: str, family: str, *, controlnet: bool = False, aliases: tuple[str, ...] = (), **row: Any
+) -> ArchitectureSpec:
     rules = [
         Rule(
             rf"transformer_blocks\.\d+\.attn\.{_QKVO}", "attention", note="joint attention, image-stream projections"
@@ -165,12 +185,13 @@ def _sd3(class_name: str, family: str, *, controlnet: bool = False, aliases: tup
         text_path=_mmdit_text_path("transformer_blocks"),
         attention_blocks=(r"transformer_blocks\.\d+\.attn", r"transformer_blocks\.\d+\.attn2"),
         aliases=aliases,
+        **row,
         note="seed general list matches only proj_out; attention is `attn` and SD3.5's `attn2` is self-attention",
     )
 
 
 def _flux(
-    class_name: str, family: str, *, controlnet: bool = False, aliases: tuple[str, ...] = ()
+    class_name: str, family: str, *, controlnet: bool = False, aliases: tuple[str, ...] = (), **row: Any
 ) -> ArchitectureSpec:
     rules = [
         Rule(rf"transformer_blocks\.\d+\.attn\.{_QKVO}", "attention", note="double blocks, image stream"),
@@ -194,12 +215,13 @@ def _flux(
         attention_blocks=(r"transformer_blocks\.\d+\.attn",),
         joint_blocks=(r"single_transformer_blocks\.\d+\.attn",),
         aliases=aliases,
+        **row,
         note="seed general list matches only proj_out; the Flux list also hits single-stream (text+image) q/k/v",
     )
 
 
 def _qwen(
-    class_name: str, family: str, *, controlnet: bool = False, aliases: tuple[str, ...] = ()
+    class_name: str, family: str, *, controlnet: bool = False, aliases: tuple[str, ...] = (), **row: Any
 ) -> ArchitectureSpec:
     rules = [
         Rule(rf"transformer_blocks\.\d+\.attn\.{_QKVO}", "attention", note="image stream of the MMDiT"),
@@ -219,12 +241,20 @@ def _qwen(
         ),
         attention_blocks=(r"transformer_blocks\.\d+\.attn",),
         aliases=aliases,
+        **row,
         note="seed general list matches only proj_out",
     )
 
 
 def _cross_attention_dit(
-    class_name: str, family: str, *, patch: str, time: str, block: str = "transformer_blocks", aliases=()
+    class_name: str,
+    family: str,
+    *,
+    patch: str,
+    time: str,
+    block: str = "transformer_blocks",
+    aliases: tuple[str, ...] = (),
+    **row: Any,
 ) -> ArchitectureSpec:
     return ArchitectureSpec(
         class_name=class_name,
@@ -244,6 +274,7 @@ def _cross_attention_dit(
         ),
         attention_blocks=(rf"{block}\.\d+\.attn1",),
         aliases=aliases,
+        **row,
         note="general list works but the Flux list would adapt cross-attention K/V (`attn2.to_k/to_v`)",
     )
 
@@ -257,7 +288,8 @@ def _refiner_dit(
     final: Rule,
     time: str,
     text: tuple[str, ...],
-    aliases=(),
+    aliases: tuple[str, ...] = (),
+    **row: Any,
 ) -> ArchitectureSpec:
     return ArchitectureSpec(
         class_name=class_name,
@@ -273,20 +305,47 @@ def _refiner_dit(
         attention_blocks=(rf"noise_refiner\.\d+\.{attn}",),
         joint_blocks=(rf"layers\.\d+\.{attn}",),
         aliases=aliases,
+        **row,
         note="seed general list matches nothing; the Flux list adapts the text-only context_refiner",
     )
 
 
 _SPECS: tuple[ArchitectureSpec, ...] = (
     # Stable Diffusion 1.x / 2.x / SDXL UNets.
-    _unet("UNet2DConditionModel", "Stable Diffusion 1.x, 2.x, SDXL (UNet)", aliases=("sd1", "sd15", "sd2", "sdxl")),
+    _unet(
+        "UNet2DConditionModel",
+        "Stable Diffusion 1.x, 2.x, SDXL (UNet)",
+        aliases=("sd1", "sd15", "sd2", "sdxl"),
+        component="unet",
+        lora_loader="StableDiffusionLoraLoaderMixin",  # SDXL's mixin writes the same layout
+        comfyui_layout="kohya",
+        hub_tag="stable-diffusion",  # SD 1.x, 2.x and SDXL share the class; the base model says which
+    ),
     # ControlNet for the SD UNets.
-    _unet("ControlNetModel", "ControlNet (SD 1.x / SDXL)", controlnet=True, aliases=("controlnet",)),
+    _unet(
+        "ControlNetModel",
+        "ControlNet (SD 1.x / SDXL)",
+        controlnet=True,
+        aliases=("controlnet",),
+        component="unet",  # a copy of the UNet's encoder: its LoRA keys are the UNet's
+    ),
     # Stable Diffusion 3 / 3.5 MMDiT.
-    _sd3("SD3Transformer2DModel", "Stable Diffusion 3 / 3.5", aliases=("sd3", "sd35")),
+    _sd3(
+        "SD3Transformer2DModel",
+        "Stable Diffusion 3 / 3.5",
+        aliases=("sd3", "sd35"),
+        lora_loader="SD3LoraLoaderMixin",
+        comfyui_layout="transformer",
+    ),
     _sd3("SD3ControlNetModel", "SD3 ControlNet", controlnet=True, aliases=("sd3_controlnet",)),
     # FLUX.1 (dev, schnell, Kontext): 19 double + 38 single blocks at full size.
-    _flux("FluxTransformer2DModel", "FLUX.1", aliases=("flux", "flux1")),
+    _flux(
+        "FluxTransformer2DModel",
+        "FLUX.1",
+        aliases=("flux", "flux1"),
+        lora_loader="FluxLoraLoaderMixin",
+        comfyui_layout="transformer",
+    ),
     _flux("FluxControlNetModel", "FLUX.1 ControlNet", controlnet=True, aliases=("flux_controlnet",)),
     # Chroma: Flux layout, timestep + guidance through an approximator MLP.
     ArchitectureSpec(
@@ -305,6 +364,8 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         attention_blocks=(r"transformer_blocks\.\d+\.attn",),
         joint_blocks=(r"single_transformer_blocks\.\d+\.attn",),
         aliases=("chroma",),
+        lora_loader="FluxLoraLoaderMixin",  # ChromaPipeline uses Flux's mixin
+        comfyui_layout="transformer",  # ComfyUI's Chroma model is a Flux subclass: same key map
         note="as Flux",
     ),
     # FLUX.2: fused single-stream projections, `to_out` without `.0` in single blocks.
@@ -329,6 +390,7 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         attention_blocks=(r"transformer_blocks\.\d+\.attn",),
         joint_blocks=(r"single_transformer_blocks\.\d+\.attn",),
         aliases=("flux2",),
+        lora_loader="Flux2LoraLoaderMixin",
         note="seed lists match only proj_out / double blocks; single blocks use to_qkv_mlp_proj and to_out",
     ),
     # AuraFlow: joint (MMDiT) blocks then single blocks; single-block `attn.to_out` is a ModuleList.
@@ -346,6 +408,8 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         attention_blocks=(r"joint_transformer_blocks\.\d+\.attn",),
         joint_blocks=(r"single_transformer_blocks\.\d+\.attn",),
         aliases=("auraflow",),
+        lora_loader="AuraFlowLoraLoaderMixin",
+        comfyui_layout="transformer",
         note="seed general list matches only proj_out",
     ),
     # Z-Image (Turbo): 2 image-only noise_refiner layers, a text-only context_refiner, 30 unified main layers.
@@ -359,6 +423,8 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         time=r"t_embedder\.mlp\.[02]",
         text=(r"cap_embedder\..*",),
         aliases=("zimage", "z-image"),
+        lora_loader="ZImageLoraLoaderMixin",
+        comfyui_layout="transformer",
     ),
     # Lumina 2: the Z-Image layout with `attn` and norm_out.linear_2 as final projection.
     _refiner_dit(
@@ -371,9 +437,17 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         time=r"time_caption_embed\.timestep_embedder\.linear_[12]",
         text=(r"time_caption_embed\.caption_embedder\..*",),
         aliases=("lumina2",),
+        lora_loader="Lumina2LoraLoaderMixin",
+        comfyui_layout="transformer",
     ),
     # Qwen-Image MMDiT.
-    _qwen("QwenImageTransformer2DModel", "Qwen-Image", aliases=("qwenimage", "qwen-image")),
+    _qwen(
+        "QwenImageTransformer2DModel",
+        "Qwen-Image",
+        aliases=("qwenimage", "qwen-image"),
+        lora_loader="QwenImageLoraLoaderMixin",
+        comfyui_layout="transformer",
+    ),
     _qwen("QwenImageControlNetModel", "Qwen-Image ControlNet", controlnet=True, aliases=("qwenimage_controlnet",)),
     # Wan 2.x video DiT (T2V and I2V): attn2 is text (and CLIP-image) cross-attention.
     _cross_attention_dit(
@@ -383,6 +457,8 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         time=r"condition_embedder\.time_embedder\.linear_[12]",
         block="blocks",
         aliases=("wan",),
+        lora_loader="WanLoraLoaderMixin",
+        video=True,
     ),
     # HiDream-I1: joint double-stream blocks (`_t` suffix = text stream) and single-stream blocks; `to_out` has no `.0`.
     ArchitectureSpec(
@@ -406,6 +482,8 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         attention_blocks=(r"double_stream_blocks\.\d+\.block\.attn1",),
         joint_blocks=(r"single_stream_blocks\.\d+\.block\.attn1",),
         aliases=("hidream",),
+        lora_loader="HiDreamImageLoraLoaderMixin",
+        comfyui_layout="transformer",
         note="general list misses the output projection (`to_out`, no `.0`) and hits single-stream blocks",
     ),
     # LTX-Video.
@@ -415,6 +493,8 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         patch=r"proj_in",
         time=r"time_embed\.emb\.timestep_embedder\.linear_[12]",
         aliases=("ltx", "ltxvideo"),
+        lora_loader="LTXVideoLoraLoaderMixin",
+        video=True,
     ),
     # Cosmos (built with concat_padding_mask=False in tests: True needs torchvision).
     _cross_attention_dit(
@@ -423,6 +503,8 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         patch=r"patch_embed\.proj",
         time=r"time_embed\.t_embedder\.linear_[12]",
         aliases=("cosmos",),
+        lora_loader="CosmosLoraLoaderMixin",
+        video=True,
     ),
     # Kandinsky 5: visual blocks; the text encoder blocks reuse the same leaf names.
     ArchitectureSpec(
@@ -446,6 +528,8 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         ),
         attention_blocks=(r"visual_transformer_blocks\.\d+\.self_attention",),
         aliases=("kandinsky5",),
+        lora_loader="KandinskyLoraLoaderMixin",
+        comfyui_layout="transformer",
         note="seed Kandinsky list matches nothing (no attn1/conv_in/time_embedding)",
     ),
     # Sana.
@@ -455,6 +539,7 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         patch=r"patch_embed\.proj",
         time=r"time_embed\.emb\.timestep_embedder\.linear_[12]",
         aliases=("sana",),
+        lora_loader="SanaLoraLoaderMixin",
     ),
     # PixArt-alpha / sigma.
     _cross_attention_dit(
@@ -491,6 +576,8 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         ),
         attention_blocks=(r"(down_blocks|up_blocks)\.\d+\.\d+\.attention",),
         aliases=("stable_cascade", "cascade"),
+        # The stage C pipeline's component (`decoder` in stage B's); diffusers has no LoRA loader for either.
+        component="prior",
         note="seed general list matches nothing; K/V see CLIP tokens, so they are joint-scope only",
     ),
 )

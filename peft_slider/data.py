@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from ._checks import is_finite_number
 from .sampler import SliderBackend
 
 __all__ = [
@@ -614,7 +615,7 @@ def _entry_resolution(where: str, entry: Mapping[str, Any]) -> int:
     if value is None:
         return 1024
     kind = entry.get("resolution_type", "pixel")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not is_finite_number(value) or value <= 0:
         raise ValueError(f"`resolution` of {where} must be a positive number, got {value!r}.")
     if kind == "area":
         # Megapixels: the edge of a square of that area, rounded to a multiple of 64 like SimpleTuner's buckets.

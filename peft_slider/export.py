@@ -31,7 +31,10 @@ import torch
 from torch import nn
 
 from . import kohya
+from ._checks import check_finite
+from .architectures import ARCHITECTURES
 from .metadata import SliderMetadata, read_safetensors_header
+from .targets import denoiser_attr, denoiser_of
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -54,30 +57,11 @@ PEFT_WEIGHT_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
 FORMATS = ("diffusers", "peft", "comfyui")
 _PEFT_PREFIX = "base_model.model."
+# A Hub repo id, "owner/name" (a bare name would be mistaken for a missing local file).
+_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+# The families diffusers has a pipeline LoRA loader for (the table's `lora_loader`); others are saved as PEFT only.
+_LOADER_ROWS = tuple(spec for spec in ARCHITECTURES.values() if spec.lora_loader is not None)
 _LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # the one header key diffusers reads
-
-# The diffusers LoRA loader mixin and component name per denoiser class (diffusers 0.42.1). Any pipeline built on the
-# class writes and reads this layout; classes missing here (PixArt, Stable Cascade, the ControlNets) have no pipeline
-# LoRA loader in diffusers and are saved in the PEFT format only.
-_LORA_LOADERS: dict[str, tuple[str, str]] = {
-    "UNet2DConditionModel": ("StableDiffusionLoraLoaderMixin", "unet"),  # SD 1.x/2.x; SDXL's mixin writes the same
-    "SD3Transformer2DModel": ("SD3LoraLoaderMixin", "transformer"),
-    "FluxTransformer2DModel": ("FluxLoraLoaderMixin", "transformer"),
-    "ChromaTransformer2DModel": ("FluxLoraLoaderMixin", "transformer"),  # ChromaPipeline uses Flux's mixin
-    "Flux2Transformer2DModel": ("Flux2LoraLoaderMixin", "transformer"),
-    "AuraFlowTransformer2DModel": ("AuraFlowLoraLoaderMixin", "transformer"),
-    "ZImageTransformer2DModel": ("ZImageLoraLoaderMixin", "transformer"),
-    "Lumina2Transformer2DModel": ("Lumina2LoraLoaderMixin", "transformer"),
-    "QwenImageTransformer2DModel": ("QwenImageLoraLoaderMixin", "transformer"),
-    "WanTransformer3DModel": ("WanLoraLoaderMixin", "transformer"),
-    "HiDreamImageTransformer2DModel": ("HiDreamImageLoraLoaderMixin", "transformer"),
-    "LTXVideoTransformer3DModel": ("LTXVideoLoraLoaderMixin", "transformer"),
-    "CosmosTransformer3DModel": ("CosmosLoraLoaderMixin", "transformer"),
-    "Kandinsky5Transformer3DModel": ("KandinskyLoraLoaderMixin", "transformer"),
-    "SanaTransformer2DModel": ("SanaLoraLoaderMixin", "transformer"),
-}
-# For a diffusers file whose family is unknown: the layout depends only on the component prefix.
-_GENERIC_LOADERS = {"unet": "StableDiffusionLoraLoaderMixin", "transformer": "SD3LoraLoaderMixin"}
 
 
 class SliderFileError(ValueError):
@@ -227,8 +211,6 @@ def _check_lora_tensors(tensors: Mapping[str, torch.Tensor], source: str) -> Non
 
 def _denoiser_and_pipeline_class(model_or_pipe: Any) -> tuple[nn.Module, type | None]:
     if isinstance(getattr(model_or_pipe, "components", None), dict):
-        from .tiny_pipelines import denoiser_of
-
         return denoiser_of(model_or_pipe), type(model_or_pipe)
     if isinstance(model_or_pipe, nn.Module):
         return model_or_pipe, None
@@ -310,27 +292,44 @@ def _loader_for(slider: SliderFile, pipeline_class: type | None, component: str 
     """The class whose `save_lora_weights` writes the diffusers file, and the component (`unet`/`transformer`)."""
     import diffusers.loaders.lora_pipeline as lora_pipeline
 
-    row = _LORA_LOADERS.get(slider.architecture or "")
+    spec = ARCHITECTURES.get(slider.architecture or "")
     if pipeline_class is not None:
         if not hasattr(pipeline_class, "save_lora_weights"):
             raise ValueError(
                 f"`pipeline_class` {pipeline_class.__name__} has no LoRA support in diffusers; save with "
                 "formats=('peft',)."
             )
-        component = component or (row[1] if row else None)
+        component = component or (spec.component if spec is not None else None)
         loadable = getattr(pipeline_class, "_lora_loadable_modules", [])
         if component is None:
             component = "transformer" if "transformer" in loadable else "unet"
         return pipeline_class, component
-    if row is not None:
-        return getattr(lora_pipeline, row[0]), row[1]
-    if component in _GENERIC_LOADERS:
-        return getattr(lora_pipeline, _GENERIC_LOADERS[component]), component
-    known = ", ".join(sorted(_LORA_LOADERS))
+    if spec is not None and spec.lora_loader is not None:
+        return getattr(lora_pipeline, spec.lora_loader), spec.component
+    if component is not None:
+        # A family without a loader of its own: the file's layout depends only on the component prefix, and every
+        # loader of that component writes it alike; take the table's first.
+        loader = next((row.lora_loader for row in _LOADER_ROWS if row.component == component), None)
+        if loader is not None:
+            return getattr(lora_pipeline, loader), component
+    known = ", ".join(sorted(row.class_name for row in _LOADER_ROWS))
     raise ValueError(
         f"No diffusers LoRA loader is known for architecture {slider.architecture!r} (known: {known}). Pass "
         "`pipeline_class=` (the pipeline you load it with), or save with formats=('peft',)."
     )
+
+
+def _save_with_diffusers(
+    slider: SliderFile, directory: Path | str, *, pipeline_class: type | None, component: str | None
+) -> Path:
+    """`pytorch_lora_weights.safetensors` as diffusers' own writer makes it (its key layout and the
+    `lora_adapter_metadata` entry it reads back), without the slider metadata."""
+    loader, component = _loader_for(slider, pipeline_class, component)
+    loader.save_lora_weights(
+        directory,
+        **{f"{component}_lora_layers": slider.tensors, f"{component}_lora_adapter_metadata": dict(slider.config)},
+    )
+    return Path(directory, DIFFUSERS_WEIGHT_NAME)
 
 
 def _write_diffusers(
@@ -338,15 +337,9 @@ def _write_diffusers(
 ) -> Path:
     from safetensors.torch import load_file
 
-    loader, component = _loader_for(slider, pipeline_class, component)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
-        # diffusers' own writer fixes the key layout and the `lora_adapter_metadata` entry it reads back.
-        loader.save_lora_weights(
-            scratch,
-            **{f"{component}_lora_layers": slider.tensors, f"{component}_lora_adapter_metadata": dict(slider.config)},
-        )
-        written = Path(scratch, DIFFUSERS_WEIGHT_NAME)
+        written = _save_with_diffusers(slider, scratch, pipeline_class=pipeline_class, component=component)
         header = read_safetensors_header(written)
         tensors = load_file(str(written))
     header.update(_slider_header(slider))
@@ -415,6 +408,7 @@ def _check_formats(formats: Any, comfyui: bool) -> list[str]:
 
 
 def _comfyui_layout(slider: SliderFile) -> str:
+    # The table's `comfyui_layout`, per class.
     layout = kohya.COMFYUI_LAYOUTS.get(slider.architecture or "")
     if layout is None:
         known = ", ".join(sorted(kohya.COMFYUI_LAYOUTS))
@@ -502,11 +496,7 @@ def save_slider(
         raise TypeError(f"`metadata` must be a SliderMetadata or None, got {type(metadata).__name__}.")
     denoiser, own_pipeline_class = _denoiser_and_pipeline_class(model_or_pipe)
     slider = _slider_from_model(denoiser, adapter_name, metadata)
-    component = None
-    if own_pipeline_class is not None:
-        from .tiny_pipelines import denoiser_attr
-
-        component = denoiser_attr(model_or_pipe)
+    component = None if own_pipeline_class is None else denoiser_attr(model_or_pipe)
     return _write(
         slider,
         Path(save_directory),
@@ -538,21 +528,40 @@ def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, header
 
 
+def _weight_candidates(names: Iterable[str]) -> list[str]:
+    """The slider weight file among a folder's (or Hub repo's) file names: `pytorch_lora_weights.safetensors`, else
+    `adapter_model.safetensors`, else every `.safetensors` file, sorted (one is the slider; several are ambiguous)."""
+    names = set(names)
+    for name in (DIFFUSERS_WEIGHT_NAME, PEFT_WEIGHT_NAME):
+        if name in names:
+            return [name]
+    return sorted(name for name in names if name.endswith(".safetensors"))
+
+
 def _weights_file(folder: Path, weight_name: str | None) -> Path:
     if weight_name is not None:
         path = folder / weight_name
         if not path.is_file():
             raise SliderFileError(f"{str(folder)!r} has no file {weight_name!r}.")
         return path
-    for name in (DIFFUSERS_WEIGHT_NAME, PEFT_WEIGHT_NAME):
-        if (folder / name).is_file():
-            return folder / name
-    candidates = sorted(path.name for path in folder.glob("*.safetensors"))
+    candidates = _weight_candidates(path.name for path in folder.iterdir() if path.is_file())
     if len(candidates) == 1:
         return folder / candidates[0]
     if not candidates:
         raise SliderFileError(f"{str(folder)!r} holds no .safetensors slider file.")
     raise SliderFileError(f"{str(folder)!r} holds several .safetensors files {candidates}; pass `weight_name=`.")
+
+
+def _read_peft_config(path: Path, source: str) -> dict[str, Any]:
+    """The `adapter_config.json` beside a PEFT weights file, as a dict."""
+    config_path = path.with_name(PEFT_CONFIG_NAME)
+    try:
+        return json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SliderFileError(
+            f"{source} is a PEFT adapter file but {str(config_path)!r} could not be read ({error}); PEFT files "
+            f"need their {PEFT_CONFIG_NAME} beside them."
+        ) from None
 
 
 def read_slider(
@@ -615,14 +624,7 @@ def read_slider(
     if keys and all(key.startswith(_PEFT_PREFIX) for key in keys):
         tensors = {key.removeprefix(_PEFT_PREFIX): value for key, value in tensors.items()}
         _check_lora_tensors(tensors, source)
-        config_path = path.with_name(PEFT_CONFIG_NAME)
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise SliderFileError(
-                f"{source} is a PEFT adapter file but {str(config_path)!r} could not be read ({error}); PEFT files "
-                f"need their {PEFT_CONFIG_NAME} beside them."
-            ) from None
+        config = _read_peft_config(path, source)
         return SliderFile(tensors, _lora_config_dict(config), metadata, source, "peft")
     for component in ("unet", "transformer"):
         prefix = component + "."
@@ -716,7 +718,7 @@ def _resolve_source(path_or_repo: str | os.PathLike, weight_name: str | None, **
     if path.exists():
         return path
     text = os.fspath(path_or_repo)
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+    if not _REPO_ID.fullmatch(text):
         raise SliderFileError(f"{text!r} is neither an existing file or folder nor a Hub repo id ('owner/name').")
     from .hub import download_slider
 
@@ -730,9 +732,7 @@ def _adapters_of(pipe: DiffusionPipeline) -> set[str]:
 def _check_strength(strength: Any) -> float | None:
     if strength is None:
         return None
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
-        raise ValueError(f"`strength` must be a finite number such as 1.0 or -0.5, got {strength!r}.")
-    return float(strength)
+    return check_finite(strength, argument="strength", expected="a finite number such as 1.0 or -0.5")
 
 
 def load_slider(
@@ -762,6 +762,8 @@ def load_slider(
             The file to read in a folder or repo.
         strength (`float`, *optional*):
             Set the slider's strength after loading (as `pipe.set_adapters` would, other adapters untouched).
+            Either way the adapters that were active stay active, at their weights, beside the new one (diffusers'
+            own `load_lora_weights` switches them off), so sliders compose.
         token (`str` or `bool`, *optional*):
             Hub token for a private repo; by default the one `hf auth login` saved.
         revision (`str`, *optional*):
@@ -791,8 +793,6 @@ def load_slider(
     'age'
     ```
     """
-    from .tiny_pipelines import denoiser_attr, denoiser_of
-
     if not isinstance(adapter_name, str) or not adapter_name:
         raise ValueError(f"`adapter_name` must be a non-empty string, got {adapter_name!r}.")
     strength = _check_strength(strength)
@@ -813,30 +813,33 @@ def load_slider(
         source, weight_name=weight_name, module_names=[name for name, _ in denoiser.named_modules() if name]
     )
     _check_fits(slider, denoiser)
+    from .adapters import _adapter_layers, _AdapterState, _set_active, _set_weight, active_adapter_names
+
+    previously_active = active_adapter_names(denoiser)
+    # diffusers' load switches the active adapters off (and may have on a failure): snapshot to put them back.
+    state = _AdapterState(denoiser)
     with tempfile.TemporaryDirectory() as scratch:
-        # One loading path for every format: the diffusers file this pipeline's own class writes.
-        _write_diffusers(slider, Path(scratch), pipeline_class=type(pipe), component=denoiser_attr(pipe))
+        # One loading path for every format: the diffusers file this pipeline's own class writes. Loading reads no
+        # slider metadata, so the file is used as diffusers wrote it.
+        _save_with_diffusers(slider, scratch, pipeline_class=type(pipe), component=denoiser_attr(pipe))
         try:
             pipe.load_lora_weights(scratch, weight_name=DIFFUSERS_WEIGHT_NAME, adapter_name=adapter_name)
+            if adapter_name not in _adapters_of(pipe) - existing:
+                raise SliderFileError(f"{slider.source}: diffusers loaded nothing from the slider.")
         except Exception as error:
             if adapter_name in _adapters_of(pipe):
                 pipe.delete_adapters(adapter_name)
+            state.restore()
+            if isinstance(error, SliderFileError):
+                raise
             raise SliderFileError(f"{slider.source}: diffusers could not load the slider: {error}") from error
-    loaded = _adapters_of(pipe) - existing
-    if adapter_name not in loaded:
-        raise SliderFileError(f"{slider.source}: diffusers loaded nothing from the slider.")
+    # Sliders are composed: the adapters that were on stay on, at their weights and trainability, beside the new one.
+    _set_active(denoiser, previously_active + [adapter_name])
+    state.restore_requires_grad()
     if strength is not None:
-        _set_strength(denoiser, adapter_name, strength)
+        # What diffusers' set_adapters does per layer, for this adapter only.
+        _set_weight(_adapter_layers(denoiser, adapter_name), adapter_name, strength)
     return adapter_name
-
-
-def _set_strength(denoiser: nn.Module, adapter_name: str, strength: float) -> None:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    # What diffusers' set_adapters does per layer, for this adapter only (`set_scale` is absolute: s * alpha / r).
-    for module in denoiser.modules():
-        if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "scaling", {}):
-            module.set_scale(adapter_name, strength)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -9,12 +9,13 @@ be reached or the user is not logged in.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .metadata import SliderMetadata
+from .architectures import ARCHITECTURES, ArchitectureSpec
+from .export import _REPO_ID
+from .metadata import SliderMetadata, read_safetensors_header
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["HubError", "build_model_card", "download_slider", "push_slider_to_hub", "write_model_card"]
 
 _BASE_TAGS = ("lora", "slider", "concept-slider", "peft_slider", "diffusers")
-_VIDEO_CLASSES = ("WanTransformer3DModel", "LTXVideoTransformer3DModel", "CosmosTransformer3DModel")
-_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+|[\w.-]+")
 
 
 class HubError(RuntimeError):
@@ -38,13 +37,10 @@ def _require_hub():
     return huggingface_hub
 
 
-def _family_tag(architecture: str | None) -> str | None:
-    from .architectures import ARCHITECTURES
-
-    if architecture == "UNet2DConditionModel":
-        return "stable-diffusion"  # SD 1.x, 2.x and SDXL share the class; the base_model says which
-    spec = ARCHITECTURES.get(architecture or "")
-    return spec.aliases[0] if spec is not None and spec.aliases else None
+def _family_tag(spec: ArchitectureSpec | None) -> str | None:
+    if spec is None:
+        return None
+    return spec.hub_tag or (spec.aliases[0] if spec.aliases else None)
 
 
 def _range_text(value: tuple[float, float] | None) -> str:
@@ -135,10 +131,12 @@ def build_model_card(
     if repo_id is not None and (not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id)):
         raise ValueError(f"`repo_id` must look like 'owner/name', got {repo_id!r}.")
     tags = list(_BASE_TAGS)
-    family = _family_tag(metadata.architecture)
+    # The row of the architecture table; None for an architecture this version does not know.
+    spec = ARCHITECTURES.get(metadata.architecture or "")
+    family = _family_tag(spec)
     if family is not None:
         tags.append(family)
-    video = metadata.architecture in _VIDEO_CLASSES
+    video = spec is not None and spec.video
     data = hub.ModelCardData(
         base_model=metadata.base_model,
         library_name="diffusers",
@@ -210,9 +208,14 @@ def write_model_card(
     """
     folder = Path(folder)
     if metadata is None:
-        from .export import read_slider
+        from .export import _weights_file
 
-        metadata = read_slider(folder).metadata
+        if not folder.is_dir():
+            raise ValueError(
+                f"`folder` {str(folder)!r} does not exist; save the slider there first, or pass `metadata=`."
+            )
+        # The header alone: the card needs the metadata, not the weights.
+        metadata = SliderMetadata.from_header(read_safetensors_header(_weights_file(folder, None)))
         if metadata is None:
             raise ValueError(f"{str(folder)!r} holds a slider without slider metadata; pass `metadata=`.")
     folder.mkdir(parents=True, exist_ok=True)
@@ -333,15 +336,15 @@ def download_slider(
         `HubError`: offline, unauthenticated, missing repo or file.
     """
     hub = _require_hub()
-    from .export import DIFFUSERS_WEIGHT_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME
+    from .export import PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, _weight_candidates
 
     api = hub.HfApi(endpoint=endpoint, token=token)
     try:
         files = api.list_repo_files(repo_id, revision=revision)
         if weight_name is None:
-            preferred = [name for name in (DIFFUSERS_WEIGHT_NAME, PEFT_WEIGHT_NAME) if name in files]
-            candidates = preferred or sorted(name for name in files if name.endswith(".safetensors"))
-            if len(candidates) != 1 and not preferred:
+            # The same choice as for a local folder (peft_slider.export).
+            candidates = _weight_candidates(files)
+            if len(candidates) != 1:
                 raise HubError(
                     f"{repo_id!r} holds {len(candidates)} .safetensors files ({candidates}); pass `weight_name=`."
                 )

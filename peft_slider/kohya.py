@@ -15,7 +15,8 @@ Two layouts, chosen per denoiser class by `COMFYUI_LAYOUTS`:
   (`lora_B * alpha / r`): every reader that assumes alpha = rank, which is all of them without an alpha, then gets the
   trained scale.
 
-Nothing here imports diffusers or PEFT; inputs and outputs are plain `{key: tensor}` dicts.
+Nothing here imports diffusers or PEFT; inputs and outputs are plain `{key: tensor}` dicts. Which family uses which
+layout is the architecture table's `comfyui_layout` (`peft_slider.architectures`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import torch
+
+from .architectures import ARCHITECTURES
 
 __all__ = [
     "COMFYUI_LAYOUTS",
@@ -39,21 +42,11 @@ KOHYA_UNET_PREFIX = "lora_unet_"
 TRANSFORMER_PREFIX = "transformer."
 
 COMFYUI_LAYOUTS: dict[str, str] = {
-    # SD 1.x / 2.x / SDXL: kohya keys in diffusers module naming.
-    "UNet2DConditionModel": "kohya",
-    # DiTs whose diffusers module names ComfyUI maps from `transformer.`-prefixed keys.
-    "FluxTransformer2DModel": "transformer",
-    "ChromaTransformer2DModel": "transformer",  # ComfyUI's Chroma model is a Flux subclass: same key map
-    "SD3Transformer2DModel": "transformer",
-    "AuraFlowTransformer2DModel": "transformer",
-    "HiDreamImageTransformer2DModel": "transformer",
-    "QwenImageTransformer2DModel": "transformer",
-    "Lumina2Transformer2DModel": "transformer",
-    "ZImageTransformer2DModel": "transformer",
-    "Kandinsky5Transformer3DModel": "transformer",
+    spec.class_name: spec.comfyui_layout for spec in ARCHITECTURES.values() if spec.comfyui_layout is not None
 }
-"""ComfyUI-ready key layout per diffusers denoiser class. Classes not listed (Wan, LTX, Cosmos, Sana, ...) are read by
-ComfyUI in their original (non-diffusers) naming, which peft_slider does not write."""
+"""ComfyUI-ready key layout per diffusers denoiser class, from the architecture table's `comfyui_layout`. Classes not
+listed (Wan, LTX, Cosmos, Sana, ...) are read by ComfyUI in their original (non-diffusers) naming, which peft_slider does
+not write."""
 
 # Identifiers with underscores in diffusers UNet module names, used to undo kohya's '.' -> '_' without the model.
 # Longest first, so `conv_norm_out` wins over `conv_norm`.

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._checks import check_finite, is_finite_number
 from .architectures import SCOPES
 
 __all__ = ["HEADER_PREFIX", "SliderMetadata", "read_safetensors_header"]
@@ -37,11 +37,25 @@ def _check_range(value: Any, name: str) -> tuple[float, float] | None:
         raise ValueError(f"`{name}` must be a (min, max) pair of numbers such as (-2.0, 2.0), got {value!r}.")
     low, high = value
     for number in (low, high):
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        if not is_finite_number(number):
             raise ValueError(f"`{name}` must hold two finite numbers such as (-2.0, 2.0), got {value!r}.")
     if low > high:
         raise ValueError(f"`{name}` must be (min, max) with min <= max, got {value!r}; swap the two numbers.")
     return float(low), float(high)
+
+
+def _check_text(value: Any, name: str) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"`{name}` must be a non-empty string or None, got {value!r}.")
+
+
+def _known_class_name(architecture: str) -> str | None:
+    from .targets import TargetingError, find_architecture
+
+    try:
+        return find_architecture(architecture).class_name
+    except TargetingError:
+        return None
 
 
 @dataclass
@@ -109,9 +123,7 @@ class SliderMetadata:
 
     def __post_init__(self):
         for name in ("concept", "base_model", "architecture", "peft_slider_version"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ValueError(f"`{name}` must be a non-empty string or None, got {value!r}.")
+            _check_text(getattr(self, name), name)
         if self.architecture is not None:
             from .targets import TargetingError, find_architecture
 
@@ -125,7 +137,7 @@ class SliderMetadata:
         self.recommended_range = _check_range(self.recommended_range, "recommended_range")
         if self.slider_start is not None:
             start = self.slider_start
-            if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start < 1:
+            if not is_finite_number(start) or not 0 <= start < 1:
                 raise ValueError(
                     f"`slider_start` must be a fraction of the schedule in [0, 1) such as 0.2, got {start!r}."
                 )
@@ -133,13 +145,7 @@ class SliderMetadata:
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
             raise ValueError(f"`rank` must be a positive int, got {self.rank!r}.")
         if self.alpha is not None:
-            if (
-                isinstance(self.alpha, bool)
-                or not isinstance(self.alpha, (int, float))
-                or not math.isfinite(self.alpha)
-            ):
-                raise ValueError(f"`alpha` must be a finite number, got {self.alpha!r}.")
-            self.alpha = float(self.alpha)
+            self.alpha = check_finite(self.alpha, argument="alpha")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields that are set, as JSON-ready values (ranges as lists)."""
@@ -158,7 +164,8 @@ class SliderMetadata:
     def from_header(cls, header: Mapping[str, str] | None) -> SliderMetadata | None:
         """Read the slider entries back from a safetensors header; `None` when the header has none.
 
-        Keys this version does not know (written by a newer peft_slider) are ignored, so old readers keep working.
+        Keys this version does not know (written by a newer peft_slider) are ignored, and an architecture its table
+        does not know is kept as written, so old readers keep working.
 
         Raises:
             `ValueError`: a `peft_slider.*` value is not valid JSON or not a valid field value.
@@ -180,7 +187,14 @@ class SliderMetadata:
         if not values:
             return None
         values.setdefault("peft_slider_version", None)
-        return cls(**values)
+        # An architecture this version's table lacks (a file from a newer peft_slider) is kept as written: only
+        # user input is held to the table.
+        architecture = values.pop("architecture", None)
+        metadata = cls(**values)
+        if architecture is not None:
+            _check_text(architecture, "architecture")
+            metadata.architecture = _known_class_name(architecture) or architecture
+        return metadata
 
 
 def read_safetensors_header(path: str | os.PathLike) -> dict[str, str]:

@@ -19,9 +19,11 @@ none). Afterwards, also after an exception, every adapter's scale, which adapter
 require grad are put back exactly as found (a snapshot, never undone by division, so weights 0 and negative restore
 exactly).
 
-`slider_start` keeps the slider off (strength 0, the base model) for the first `slider_start * steps` denoising steps
-(rounded half up), Concept Sliders' way to keep the base image's composition. Steps are counted from the changes of the
-timestep the pipeline passes its denoiser, so pipelines that call the denoiser twice per step (true CFG) count right.
+`slider_start` (in [0, 1), as `SliderMetadata.slider_start`) keeps the slider off (strength 0, the base model) for the
+first `slider_start * steps` denoising steps (rounded half up), Concept Sliders' way to keep the base image's
+composition. Steps are counted from the changes of the timestep the pipeline passes its denoiser, so pipelines that call
+the denoiser twice per step (true CFG) count right, and the total the same way from the scheduler's schedule, so
+second-order schedulers (Heun), which repeat each timestep, place the start right too.
 """
 
 from __future__ import annotations
@@ -29,26 +31,31 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .adapters import active_adapter_names, slider_adapter_names
+from ._checks import check_finite, check_seed
+from .adapters import (
+    _adapter_layers,
+    _AdapterState,
+    _check_adapter_names,
+    _set_weight,
+    active_adapter_names,
+    slider_adapter_names,
+)
 from .adapters import adapter_names as model_adapter_names
 from .prompts import PromptEntry, check_strength, load_prompt_library
 from .scaling import SliderScaler
+from .targets import denoiser_of
 
 if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = ["SliderPipelineMixin", "enable_sliders"]
 
-# Pipeline components that hold the denoiser, in order of preference.
-_DENOISER_ATTRIBUTES = ("transformer", "unet")
 # Denoiser forward arguments that carry the timestep (diffusers models; Z-Image and Lumina 2 call it `t`).
 _TIMESTEP_ARGUMENTS = ("timestep", "timesteps", "t")
 # `__call__` arguments that repeat each prompt, for image and video pipelines.
@@ -63,38 +70,12 @@ StrengthValue = float | dict[str, float]
 # The denoiser and its adapter layers.
 
 
-def _denoiser_of(pipe: Any) -> nn.Module:
-    components = getattr(pipe, "components", None)
-    if isinstance(components, dict):
-        for attr in _DENOISER_ATTRIBUTES:
-            if isinstance(components.get(attr), nn.Module):
-                return components[attr]
-    raise ValueError(
-        f"{type(pipe).__name__} has no `transformer` or `unet` component to carry slider adapters; its components "
-        f"are {sorted(components) if isinstance(components, dict) else 'unknown'}."
-    )
-
-
-def _tuner_layers(model: nn.Module) -> list[tuple[str, BaseTunerLayer]]:
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
-
-
-def _holds(layer: BaseTunerLayer, adapter: str) -> bool:
-    return any(adapter in getattr(layer, attr, ()) for attr in layer.adapter_layer_names)
-
-
-def _check_adapter_names(denoiser: nn.Module, names: Any, argument: str) -> list[str]:
-    listed = [names] if isinstance(names, str) else names
-    if not isinstance(listed, Sequence) or not listed or not all(isinstance(n, str) and n for n in listed):
-        raise TypeError(f"`{argument}` must be an adapter name or a non-empty list of names, got {names!r}.")
-    known = model_adapter_names(denoiser)
-    for name in listed:
-        if name not in known:
-            raise ValueError(
-                f"Unknown adapter {name!r} in `{argument}`: {type(denoiser).__name__} carries the adapters {known}. "
-                "Load it first (pipe.load_lora_weights(..., adapter_name=...)) or fix the name."
-            )
-    return list(dict.fromkeys(listed))
+def _named_sliders(denoiser: nn.Module, adapter_names: str | Sequence[str] | None) -> list[str] | None:
+    """The checked `adapter_names=` argument; `None` when unset (the default sliders)."""
+    if adapter_names is None:
+        return None
+    hint = " Load it first (pipe.load_lora_weights(..., adapter_name=...)) or fix the name."
+    return _check_adapter_names(denoiser, adapter_names, "adapter_names", hint=hint)
 
 
 def _default_sliders(denoiser: nn.Module) -> list[str]:
@@ -119,26 +100,14 @@ def _default_sliders(denoiser: nn.Module) -> list[str]:
     )
 
 
-def _check_finite(value: Any, argument: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"`{argument}` must be a finite number, got {value!r}.")
-    return float(value)
-
-
 def _check_slider_start(value: Any) -> float:
-    value = _check_finite(value, "slider_start")
-    if not 0.0 <= value <= 1.0:
+    value = check_finite(value, argument="slider_start")
+    if not 0.0 <= value < 1.0:
         raise ValueError(
-            f"`slider_start` is the fraction of denoising steps run without the slider, in [0, 1]; got {value}. "
+            f"`slider_start` is the fraction of denoising steps run without the slider, in [0, 1); got {value}. "
             "Concept Sliders use 0.1-0.35."
         )
     return value
-
-
-def _check_seed(seed: Any, argument: str = "seed") -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"`{argument}` must be an integer in [0, 2**63), got {seed!r}.")
-    return seed
 
 
 def _resolve_weights(
@@ -167,36 +136,6 @@ def _resolve_weights(
 # Applying strengths for one pipeline call, and putting everything back.
 
 
-class _AdapterState:
-    """An exact snapshot of every adapter layer of a model: scales, active adapters, `requires_grad`."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.layers = [layer for _, layer in _tuner_layers(model)]
-        self.scaling = [
-            (layer.scaling, dict(layer.scaling)) for layer in self.layers if isinstance(layer.scaling, dict)
-        ]
-        self.active = [(layer, list(layer.active_adapters)) for layer in self.layers]
-        self.requires_grad = [(p, p.requires_grad) for layer in self.layers for p in _adapter_parameters(layer)]
-
-    def restore(self) -> None:
-        for layer, active in self.active:
-            if list(layer.active_adapters) != active:
-                layer.set_adapter(active)
-        for live, saved in self.scaling:
-            for adapter, value in saved.items():
-                live[adapter] = value
-        # PEFT's set_adapter makes the adapters it activates trainable; put the flags back.
-        for parameter, flag in self.requires_grad:
-            parameter.requires_grad_(flag)
-
-
-def _adapter_parameters(layer: BaseTunerLayer) -> Iterator[nn.Parameter]:
-    for attr in layer.adapter_layer_names:
-        container = getattr(layer, attr, None)
-        if isinstance(container, (nn.ModuleDict, nn.ParameterDict)):
-            yield from container.parameters()
-
-
 class _SliderCall:
     """
     The strengths of one pipeline call on its denoiser: entered before the call, exited (restoring) after it.
@@ -221,10 +160,7 @@ class _SliderCall:
         self.per_sample = per_sample or {}
         self.adapters = list(dict.fromkeys([*self.weights, *self.per_sample]))
         self.slider_start = slider_start
-        self.layers = {
-            adapter: [layer for _, layer in _tuner_layers(denoiser) if _holds(layer, adapter)]
-            for adapter in self.adapters
-        }
+        self.layers = {adapter: _adapter_layers(denoiser, adapter) for adapter in self.adapters}
         self._check_layers()
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._scaler: SliderScaler | None = None
@@ -301,8 +237,7 @@ class _SliderCall:
 
     def _set_weights(self, weights: Mapping[str, float]) -> None:
         for adapter, weight in weights.items():
-            for layer in self.layers[adapter]:
-                layer.set_scale(adapter, weight)  # weight * lora_alpha / r, as diffusers' set_adapters writes
+            _set_weight(self.layers[adapter], adapter, weight)
 
     def _apply(self, *, on: bool, repeats: int = 1) -> None:
         key = (on, repeats)
@@ -353,11 +288,18 @@ class _SliderCall:
         return self._step >= self._start_step
 
     def _count_start_step(self) -> int:
-        # Pipelines set `_num_timesteps` right before their denoising loop; the scheduler's schedule is the fallback.
-        total = self.pipe.__dict__.get("_num_timesteps")
-        if not isinstance(total, int) or total <= 0:
-            timesteps = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
-            total = len(timesteps) if timesteps is not None else 0
+        # `_slider_on` counts changes of the timestep, so the total is counted the same way: second-order schedulers
+        # (Heun, FlowMatchHeun) repeat each timestep of their schedule, one step but two denoiser calls.
+        timesteps = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
+        schedule = [] if timesteps is None else torch.as_tensor(timesteps).detach().flatten().tolist()
+        # Pipelines set `_num_timesteps` to the length of the schedule they run, which img2img-style pipelines cut
+        # from the front of the scheduler's.
+        called = self.pipe.__dict__.get("_num_timesteps")
+        if isinstance(called, int) and 0 < called < len(schedule):
+            schedule = schedule[-called:]
+        total = sum(1 for i, t in enumerate(schedule) if i == 0 or t != schedule[i - 1])
+        if total <= 0 and isinstance(called, int):
+            total = called
         if total <= 0:
             raise ValueError(
                 f"Cannot tell how many denoising steps {type(self.pipe).__name__} runs, so `slider_start` cannot be "
@@ -497,8 +439,8 @@ class SliderPipelineMixin:
             adapter_names (`str` or `list[str]`, *optional*):
                 The sliders a number applies to. Defaults to the single active adapter (see the class docstring).
             slider_start (`float`, *optional*, defaults to `0.0`):
-                Fraction of the denoising steps run at strength 0 (the base model) before the slider comes in: the
-                first `slider_start * steps` steps, rounded half up. Concept Sliders use 0.1-0.35.
+                Fraction of the denoising steps run at strength 0 (the base model) before the slider comes in, in
+                [0, 1): the first `slider_start * steps` steps, rounded half up. Concept Sliders use 0.1-0.35.
             **call_kwargs:
                 The pipeline's own arguments (`generator=`, `num_inference_steps=`, ...).
 
@@ -521,9 +463,9 @@ class SliderPipelineMixin:
 
         ```
         """
-        denoiser = _denoiser_of(self)
+        denoiser = denoiser_of(self)
         checked = check_strength(strength, where="`strength`")
-        names = None if adapter_names is None else _check_adapter_names(denoiser, adapter_names, "adapter_names")
+        names = _named_sliders(denoiser, adapter_names)
         weights = _resolve_weights(denoiser, checked, names)
         start = _check_slider_start(slider_start)
         with _SliderCall(self, denoiser, weights=weights, slider_start=start):
@@ -584,15 +526,15 @@ class SliderPipelineMixin:
 
         ```
         """
-        denoiser = _denoiser_of(self)
+        denoiser = denoiser_of(self)
         _no_argument(call_kwargs, ("generator",), "generate_library", "pass seed= (and per-entry seeds) instead.")
         per_prompt = {k: v for k, v in call_kwargs.items() if k in _PER_PROMPT_ARGUMENTS and v not in (None, 1)}
         if per_prompt:
             raise ValueError(f"generate_library() makes one image per entry; drop {per_prompt} or add entries.")
         entries = load_prompt_library(library)
-        seed = _check_seed(seed)
+        seed = check_seed(seed)
         start = _check_slider_start(slider_start)
-        names = None if adapter_names is None else _check_adapter_names(denoiser, adapter_names, "adapter_names")
+        names = _named_sliders(denoiser, adapter_names)
         global_strength = None if strength is None else check_strength(strength, where="`strength`")
         if any(entry.negative_prompt is not None for entry in entries) and "negative_prompt" not in _call_parameters(
             self
@@ -601,27 +543,28 @@ class SliderPipelineMixin:
                 f"The library has negative prompts, but {type(self).__name__} takes no `negative_prompt`."
             )
 
-        # Plan every entry first: a bad strength or adapter name fails before anything is generated.
-        plans: list[tuple[PromptEntry, dict[str, float] | None]] = []
+        # Plan every entry first: a bad strength or adapter name, or a slider that is fused, disabled or not in the
+        # denoiser, fails before anything is generated (a _SliderCall checks its adapters when made, changing nothing).
+        plans: list[tuple[PromptEntry, contextlib.AbstractContextManager]] = []
         for entry in entries:
             value = entry.strength if entry.strength is not None else global_strength
             try:
                 weights = None if value is None else _resolve_weights(denoiser, value, names)
+                context = (
+                    contextlib.nullcontext()
+                    if weights is None
+                    else _SliderCall(self, denoiser, weights=weights, slider_start=start)
+                )
             except ValueError as error:
                 raise ValueError(f"entry {entry.name!r}: {error}") from None
-            plans.append((entry, weights))
+            plans.append((entry, context))
 
         images: dict[str, Any] = {}
-        for entry, weights in plans:
+        for entry, context in plans:
             kwargs = dict(call_kwargs)
             if entry.negative_prompt is not None:
                 kwargs["negative_prompt"] = entry.negative_prompt
             kwargs["generator"] = _generator(entry.seed if entry.seed is not None else seed)
-            context = (
-                _SliderCall(self, denoiser, weights=weights, slider_start=start)
-                if weights is not None
-                else contextlib.nullcontext()
-            )
             with context:
                 images[entry.name] = _output_images(self(entry.prompt, **kwargs))[0]
         return images
@@ -682,14 +625,14 @@ class SliderPipelineMixin:
 
         ```
         """
-        denoiser = _denoiser_of(self)
+        denoiser = denoiser_of(self)
         _no_argument(
             call_kwargs, ("generator", *_PER_PROMPT_ARGUMENTS), "sweep", "pass seed=; every strength gets one image."
         )
         prompt = _single_prompt(prompt, "sweep")
         checked = _check_sweep_strengths(strengths)
-        names = None if adapter_names is None else _check_adapter_names(denoiser, adapter_names, "adapter_names")
-        seed = _check_seed(seed)
+        names = _named_sliders(denoiser, adapter_names)
+        seed = check_seed(seed)
         start = _check_slider_start(slider_start)
         if not isinstance(one_pass, bool):
             raise TypeError(f"`one_pass` must be True or False, got {one_pass!r}.")
@@ -794,7 +737,7 @@ class SliderPipelineMixin:
         seed_list = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
         if isinstance(seed_list, (str, bytes)) or not isinstance(seed_list, Sequence) or not seed_list:
             raise ValueError(f"`seeds` must be a seed or a non-empty list of seeds, got {seeds!r}.")
-        seed_list = [_check_seed(s, "seeds") for s in seed_list]
+        seed_list = [check_seed(s, argument="seeds") for s in seed_list]
         checked = _check_sweep_strengths(strengths)
 
         rows, labels = [], []
@@ -857,7 +800,7 @@ def enable_sliders(pipe: Any) -> Any:
     """
     if isinstance(pipe, SliderPipelineMixin):
         return pipe
-    _denoiser_of(pipe)  # a clear error for objects that are not pipelines with a denoiser
+    denoiser_of(pipe)  # a clear error for objects that are not pipelines with a denoiser
     cls = type(pipe)
     slider_cls = _SLIDER_CLASSES.get(cls)
     if slider_cls is None:

@@ -21,12 +21,12 @@ Everything is checked when the library is loaded, and an error names the entry. 
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ._checks import check_finite, check_seed
 
 __all__ = ["PromptEntry", "load_prompt_library"]
 
@@ -79,10 +79,12 @@ class PromptEntry:
             object.__setattr__(self, "strength", check_strength(self.strength, where=f"{where}: `adapter_strength`"))
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
             raise ValueError(f"{where}: `negative_prompt` must be a string, got {self.negative_prompt!r}.")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63
-        ):
-            raise ValueError(f"{where}: `seed` must be an integer in [0, 2**63), got {self.seed!r}.")
+        if self.seed is not None:
+            try:
+                check_seed(self.seed, argument=f"{where}: `seed`")
+            except TypeError as error:
+                # A library is data (often JSON): every bad value in it is a ValueError.
+                raise ValueError(str(error)) from None
 
 
 def check_strength(value: Any, *, where: str) -> float | dict[str, float]:
@@ -100,7 +102,7 @@ def check_strength(value: Any, *, where: str) -> float | dict[str, float]:
     >>> check_strength("high", where="`strength`")
     Traceback (most recent call last):
     ...
-    ValueError: `strength` must be a finite number such as 1.2, or an object of numbers per adapter such as {'smile': 1.0}; got 'high'.
+    ValueError: `strength` must be a finite number such as 1.2, or an object of numbers per adapter such as {'smile': 1.0}, got 'high'.
 
     ```
     """
@@ -113,17 +115,9 @@ def check_strength(value: Any, *, where: str) -> float | dict[str, float]:
                 raise ValueError(
                     f"{where} must map adapter names (non-empty strings) to numbers, got key {adapter!r}."
                 )
-            if not _is_finite_number(number):
-                raise ValueError(f"{where} for adapter {adapter!r} must be a finite number, got {number!r}.")
-            checked[adapter] = float(number)
+            checked[adapter] = check_finite(number, argument=f"{where} for adapter {adapter!r}")
         return checked
-    if not _is_finite_number(value):
-        raise ValueError(f"{where} must be {_STRENGTH_HINT}; got {value!r}.")
-    return float(value)
-
-
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return check_finite(value, argument=where, expected=_STRENGTH_HINT)
 
 
 def _entry_from_object(name: str, data: Mapping[str, Any]) -> PromptEntry:
@@ -239,7 +233,7 @@ def load_prompt_library(
     >>> load_prompt_library({"slider_plus": {"prompt": "a photo", "adapter_strength": "high"}})
     Traceback (most recent call last):
     ...
-    ValueError: entry 'slider_plus': `adapter_strength` must be a finite number such as 1.2, or an object of numbers per adapter such as {'smile': 1.0}; got 'high'.
+    ValueError: entry 'slider_plus': `adapter_strength` must be a finite number such as 1.2, or an object of numbers per adapter such as {'smile': 1.0}, got 'high'.
 
     ```
     """

@@ -10,8 +10,6 @@ This module is torch-only on purpose: it must not import diffusers.
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass, field
@@ -19,6 +17,8 @@ from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import Sampler
+
+from ._checks import check_seed, is_finite_number
 
 __all__ = ["SLIDER_GROUPS", "SliderBackend", "SliderBatchInfo", "SliderBatchSampler", "slider_group"]
 
@@ -42,11 +42,6 @@ def slider_group(slider_strength: float | None) -> str:
     if slider_strength is None or slider_strength == 0:
         return "neutral"
     return "positive" if slider_strength > 0 else "negative"
-
-
-def _is_real(value: Any) -> bool:
-    # bool is an int subclass, but `slider_strength=True` is a mistake, not a strength.
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -95,13 +90,13 @@ class SliderBackend:
         if self.num_samples < 1:
             raise ValueError(f"{label} is empty (0 samples). Remove it from the backends or add samples to it.")
         strength = self.slider_strength
-        if strength is not None and (not _is_real(strength) or not math.isfinite(strength)):
+        if strength is not None and not is_finite_number(strength):
             raise ValueError(
                 f"`slider_strength` of {label} must be a finite number or None, got {strength!r}. Use a value > 0 "
                 "for 'more of the concept', < 0 for 'less of it', and None or 0 for neutral examples."
             )
         probability = self.probability
-        if not _is_real(probability) or not math.isfinite(probability) or probability < 0:
+        if not is_finite_number(probability) or probability < 0:
             raise ValueError(
                 f"`probability` of {label} must be a finite number >= 0, got {probability!r}. It weighs the backend "
                 "against the others of its group; 1 is the default."
@@ -254,8 +249,7 @@ class SliderBatchSampler(Sampler[list[int]]):
                 )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"`seed` must be an int, got {seed!r}.")
+        seed = check_seed(seed)
         num_replicas, rank = _resolve_replicas(num_replicas, rank)
 
         self.backends = list(backends)

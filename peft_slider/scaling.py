@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -29,7 +28,8 @@ from peft.tuners.lycoris_utils import LycorisLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .adapters import active_adapter_names, slider_adapter_names
+from ._checks import check_finite, is_real_number
+from .adapters import _check_adapter_names, _layer_holds, _tuner_layers, active_adapter_names, slider_adapter_names
 from .adapters import adapter_names as model_adapter_names
 
 __all__ = ["SliderScaler", "Strength", "slider_strength"]
@@ -48,7 +48,7 @@ _scaler_ids = itertools.count()
 def _check_strength(value: Any, adapter: str) -> float | torch.Tensor:
     """Returns `value` as a float, or as a detached 1-D floating tensor of per-sample strengths."""
     if isinstance(value, (list, tuple)):
-        if not value or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+        if not value or not all(is_real_number(v) for v in value):
             raise ValueError(
                 f"Per-sample `strength` for adapter {adapter!r} must be a non-empty list of real numbers, "
                 f"got {value!r}."
@@ -64,29 +64,18 @@ def _check_strength(value: Any, adapter: str) -> float | torch.Tensor:
             raise ValueError(f"Per-sample `strength` for adapter {adapter!r} must be finite, got {value.tolist()}.")
         # Strengths are settings, not learnable: keep them out of the autograd graph.
         return value.detach()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(
-            f"`strength` for adapter {adapter!r} must be a finite real number (or a 1-D tensor of per-sample "
-            f"strengths), got {value!r}."
-        )
-    return float(value)
+    return check_finite(
+        value,
+        argument=f"`strength` for adapter {adapter!r}",
+        expected="a finite real number (or a 1-D tensor of per-sample strengths)",
+    )
 
 
 def _resolve_adapter_names(model: nn.Module, adapter_names: str | Sequence[str] | None) -> list[str]:
+    if adapter_names is not None:
+        return _check_adapter_names(model, adapter_names, "adapter_names")
     known = model_adapter_names(model)
     model_name = type(model).__name__
-    if adapter_names is not None:
-        names = [adapter_names] if isinstance(adapter_names, str) else adapter_names
-        if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
-            raise TypeError(f"`adapter_names` must be an adapter name or a list of names, got {adapter_names!r}.")
-        if not names:
-            raise ValueError("`adapter_names` is empty; name at least one slider adapter, or pass None.")
-        for name in names:
-            if name not in known:
-                raise ValueError(
-                    f"Unknown adapter {name!r} in `adapter_names`: {model_name} has the adapters {known}."
-                )
-        return list(dict.fromkeys(names))
     trainable = slider_adapter_names(model)
     if trainable:
         return trainable
@@ -104,10 +93,6 @@ def _resolve_adapter_names(model: nn.Module, adapter_names: str | Sequence[str] 
         f"No slider adapter found in {model_name}: no adapter has trainable parameters and the active adapters are "
         f"{active}. Pass adapter_names=[...] to name the slider(s)."
     )
-
-
-def _layer_holds(layer: BaseTunerLayer, adapter: str) -> bool:
-    return any(adapter in getattr(layer, attr, ()) for attr in layer.adapter_layer_names)
 
 
 def _add_delta_factor(layer: LycorisLayer, key: int, factor: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
@@ -218,9 +203,7 @@ class SliderScaler:
     def __init__(self, model: nn.Module, *, adapter_names: str | Sequence[str] | None = None) -> None:
         names = _resolve_adapter_names(model, adapter_names)
         entries: list[tuple[str, BaseTunerLayer, str]] = []
-        for module_name, module in model.named_modules():
-            if not isinstance(module, BaseTunerLayer):
-                continue
+        for module_name, module in _tuner_layers(model):
             for adapter in names:
                 if not _layer_holds(module, adapter):
                     continue

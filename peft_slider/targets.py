@@ -14,9 +14,12 @@ from torch import nn
 from .architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES, ArchitectureSpec
 
 __all__ = [
+    "DENOISER_ATTRIBUTES",
     "SliderTargets",
     "TargetingError",
     "count_lora_parameters",
+    "denoiser_attr",
+    "denoiser_of",
     "find_architecture",
     "group_module_names",
     "resolve_targets",
@@ -114,14 +117,76 @@ def find_architecture(obj: object) -> ArchitectureSpec:
     raise TargetingError(_unknown_architecture_message(f"Model class {cls.__name__!r}"))
 
 
+DENOISER_ATTRIBUTES = ("transformer", "unet", "prior", "decoder")
+"""The pipeline components that hold a denoiser, in order of preference (`prior`/`decoder`: Stable Cascade)."""
+
+
+def _find_denoiser_attr(pipe: object) -> str | None:
+    if isinstance(pipe, nn.Module):
+        return None  # a model, whose submodules may be named so, is not a pipeline
+    for attribute in DENOISER_ATTRIBUTES:
+        if isinstance(getattr(pipe, attribute, None), nn.Module):
+            return attribute
+    return None
+
+
+def denoiser_attr(pipe: object) -> str:
+    """The name of a pipeline's denoiser component: `"transformer"` (DiTs), `"unet"`, or Stable Cascade's `"prior"`
+    / `"decoder"`, the first of `DENOISER_ATTRIBUTES` the pipeline holds.
+
+    Args:
+        pipe (`diffusers.DiffusionPipeline`):
+            The pipeline.
+
+    Raises:
+        `TypeError`: `pipe` is not a pipeline. `ValueError`: the pipeline has no denoiser component; the message
+        names its class and lists its components.
+
+    Example:
+
+    ```py
+    >>> from peft_slider.targets import denoiser_attr
+    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> denoiser_attr(build_tiny_pipeline("sd15"))
+    'unet'
+
+    ```
+    """
+    attribute = _find_denoiser_attr(pipe)
+    if attribute is not None:
+        return attribute
+    components = getattr(pipe, "components", None)
+    if not isinstance(components, dict):
+        raise TypeError(f"`pipe` must be a diffusers DiffusionPipeline, got {type(pipe).__name__}.")
+    names = ", ".join(f"`{name}`" for name in DENOISER_ATTRIBUTES)
+    raise ValueError(
+        f"{type(pipe).__name__} has no denoiser component ({names}) to carry slider adapters; its components are "
+        f"{sorted(components)}. Pass a text-to-image pipeline with its denoiser loaded."
+    )
+
+
+def denoiser_of(pipe: object) -> nn.Module:
+    """A pipeline's denoiser, the module sliders are trained on: `pipe.transformer`, `pipe.unet`, ... (see
+    [`denoiser_attr`]).
+
+    Example:
+
+    ```py
+    >>> from peft_slider.targets import denoiser_of
+    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> type(denoiser_of(build_tiny_pipeline("flux"))).__name__
+    'FluxTransformer2DModel'
+
+    ```
+    """
+    return getattr(pipe, denoiser_attr(pipe))
+
+
 def unwrap_denoiser(obj: object) -> nn.Module:
     """The plain denoiser behind a pipeline or a `PeftModel`."""
-    for attribute in ("transformer", "unet", "prior", "decoder"):
-        # Pipelines expose their denoiser under one of these names; modules named so are not pipelines.
-        candidate = getattr(obj, attribute, None)
-        if not isinstance(obj, nn.Module) and isinstance(candidate, nn.Module):
-            obj = candidate
-            break
+    attribute = _find_denoiser_attr(obj)
+    if attribute is not None:
+        obj = getattr(obj, attribute)
     get_base_model = getattr(obj, "get_base_model", None)
     if callable(get_base_model):
         obj = get_base_model()

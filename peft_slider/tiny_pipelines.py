@@ -18,6 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._checks import check_seed
+
+# The denoiser finder lives with the other model-structure helpers; re-exported here, where tests and examples use it.
+from .targets import denoiser_attr as denoiser_attr
+from .targets import denoiser_of as denoiser_of
+
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -600,14 +606,6 @@ def _check_family(family: Any) -> _TinyFamily:
     return _FAMILIES[family]
 
 
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"`seed` must be an int, got {type(seed).__name__}: {seed!r}.")
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"`seed` must be in [0, 2**63), got {seed}; pass a non-negative int such as 0.")
-    return seed
-
-
 def _randomize_zero_parameters(module: torch.nn.Module, *, seed: int) -> list[str]:
     """Give every parameter of `module` that is exactly zero everywhere small seeded random values.
 
@@ -654,59 +652,6 @@ def _cast_like_from_pretrained(module: torch.nn.Module, dtype: torch.dtype) -> N
                 tensor.data = tensor.data.to(target)
 
 
-def denoiser_attr(pipe: "DiffusionPipeline") -> str:
-    """The name of a pipeline's denoiser attribute: `"transformer"` for DiT pipelines, `"unet"` for UNet pipelines.
-
-    Args:
-        pipe (`diffusers.DiffusionPipeline`):
-            The pipeline.
-
-    Returns:
-        `str`: `"transformer"` or `"unet"`.
-
-    Example:
-
-    ```python
-    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline, denoiser_attr
-    >>> denoiser_attr(build_tiny_pipeline("sd15"))
-    'unet'
-
-    ```
-    """
-    components = getattr(pipe, "components", None)
-    if not isinstance(components, dict):
-        raise TypeError(f"`pipe` must be a diffusers DiffusionPipeline, got {type(pipe).__name__}.")
-    for attr in ("transformer", "unet"):
-        if isinstance(components.get(attr), torch.nn.Module):
-            return attr
-    raise ValueError(
-        f"`pipe` ({type(pipe).__name__}) has no `transformer` or `unet` component; its components are "
-        f"{sorted(components)}. Pass a text-to-image pipeline with its denoiser loaded."
-    )
-
-
-def denoiser_of(pipe: "DiffusionPipeline") -> torch.nn.Module:
-    """A pipeline's denoiser: `pipe.transformer` for DiT pipelines, `pipe.unet` for UNet pipelines.
-
-    Args:
-        pipe (`diffusers.DiffusionPipeline`):
-            The pipeline.
-
-    Returns:
-        `torch.nn.Module`: the denoiser, the module sliders are trained on.
-
-    Example:
-
-    ```python
-    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline, denoiser_of
-    >>> type(denoiser_of(build_tiny_pipeline("flux"))).__name__
-    'FluxTransformer2DModel'
-
-    ```
-    """
-    return getattr(pipe, denoiser_attr(pipe))
-
-
 def build_tiny_pipeline(family: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> "DiffusionPipeline":
     """Build a tiny, random-weight diffusers pipeline of a model family, entirely from configs in code.
 
@@ -738,7 +683,7 @@ def build_tiny_pipeline(family: str, *, seed: int = 0, dtype: torch.dtype = torc
     ```
     """
     spec = _check_family(family)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"`dtype` must be a floating-point torch.dtype such as torch.float32, got {dtype!r}.")
     _require_transformers()

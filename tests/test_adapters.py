@@ -14,8 +14,8 @@ import re
 
 import pytest
 import torch
-from diffusers import FluxPipeline
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict
+from diffusers import FluxPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors.torch import save_file
 from test_scaling import (
     FLUX_TARGETS,
@@ -35,6 +35,7 @@ from test_scaling import (
     scales,
     unet_inputs,
 )
+from torch import nn
 
 from peft_slider import adapters
 from peft_slider.adapters import (
@@ -168,10 +169,15 @@ def _save(source, kind, folder):
     if kind == "diffusers_file":  # keys without prefix, config in the safetensors metadata
         source.save_lora_adapter(folder, adapter_name="default")
         return os.path.join(folder, "pytorch_lora_weights.safetensors"), {"prefix": None}
-    if kind == "pipeline_file":  # keys prefixed with 'transformer.', as pipelines save them
-        FluxPipeline.save_lora_weights(
-            folder, transformer_lora_layers=state_dict, transformer_lora_adapter_metadata=config.to_dict()
-        )
+    if kind == "pipeline_file":  # keys prefixed with 'unet.' or 'transformer.', as pipelines save them
+        if isinstance(source, UNet2DConditionModel):
+            StableDiffusionPipeline.save_lora_weights(
+                folder, unet_lora_layers=state_dict, unet_lora_adapter_metadata=config.to_dict()
+            )
+        else:
+            FluxPipeline.save_lora_weights(
+                folder, transformer_lora_layers=state_dict, transformer_lora_adapter_metadata=config.to_dict()
+            )
         return folder, {}
     raise AssertionError(kind)
 
@@ -182,6 +188,8 @@ def _save(source, kind, folder):
         *[("mlp", v, k) for v in VARIANTS for k in ("peft_folder", "config_and_state_dict")],
         *[("unet", v, k) for v in VARIANTS for k in ("peft_folder", "config_and_state_dict")],
         ("unet", "lora", "diffusers_file"),
+        # Regression: the default `prefix` was "transformer", which selects nothing in a UNet pipeline's file.
+        ("unet", "lora", "pipeline_file"),
         ("flux", "lora", "diffusers_file"),
         ("flux", "lora", "pipeline_file"),
         ("flux", "lokr", "config_and_state_dict"),
@@ -290,6 +298,46 @@ def test_bad_input_raises_and_leaves_model_unchanged(tmp_path, call, error, matc
     with pytest.raises(error, match=match):
         call(model, tmp_path)
     _same_state(_adapters_state(model), before)
+
+
+def _two_active_plain_module():
+    """A plain module (no PeftModel, no diffusers) with 'slider' (trainable) and 'helper' (frozen), both active."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4))
+    inject_adapter_in_model(LoraConfig(target_modules=["0"]), model, adapter_name="slider")
+    inject_adapter_in_model(LoraConfig(target_modules=["0"]), model, adapter_name="helper")
+    activate_adapters(model, slider="slider", frozen="helper")
+    return model
+
+
+def _two_active_unet():
+    model = build_unet("lora", assistant=False)
+    model.add_adapter(adapter_config("lora", UNET_TARGETS), adapter_name="helper")
+    activate_adapters(model, slider="slider", frozen="helper")
+    return model
+
+
+@pytest.mark.parametrize(
+    "build, config, state_dict",
+    [
+        # Regression: the active adapters and requires_grad flags were restored only when loading succeeded.
+        (_two_active_plain_module, LoraConfig(target_modules=["0"]), {"0.lora_A.weight": torch.zeros(8, 4)}),
+        (lambda: build_mlp("lora"), adapter_config("lora", MLP_TARGETS), {"fc1.lora_A.weight": torch.zeros(4, 8)}),
+        (_two_active_unet, adapter_config("lora", UNET_TARGETS), {"conv_in.lora_A.weight": torch.zeros(4, 4, 3, 3)}),
+    ],
+    ids=["plain_module", "peft_model", "diffusers_model"],
+)
+def test_failed_load_restores_active_adapters_and_trainability(build, config, state_dict):
+    model = build()
+    before = _adapters_state(model)
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    assert len(before[1]) == 2 and len(before[2]) == 1  # two active adapters, one of them trainable
+    with pytest.raises(ValueError, match="adapter weights missing"):
+        add_assistant_adapter(model, config, state_dict=state_dict, adapter_name="second")
+    _same_state(_adapters_state(model), before)
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == requires_grad
+    if isinstance(model, PeftModel):
+        assert model.active_adapters == before[1]
 
 
 @pytest.mark.parametrize(

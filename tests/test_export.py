@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from peft import LoKrConfig, LoraConfig, PeftModel, get_peft_model
@@ -20,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from peft_slider import SliderLoraConfig
+from peft_slider.adapters import active_adapter_names, freeze_adapter, frozen_adapter_names
 from peft_slider.cli import main
 from peft_slider.config import SLIDER_ONLY_FIELDS
 from peft_slider.export import SliderFileError, convert_slider, load_slider, read_slider, save_slider
@@ -125,10 +127,50 @@ def test_every_format_reproduces_the_peft_model(family, strength, folder_root):
 def test_load_slider_strength_matches_set_adapters(family, folder_root):
     case = exported(family, folder_root)
     fresh = build_tiny_pipeline(family)
-    load_slider(fresh, case.folder, adapter_name="a", strength=-1.5)
+    # A numpy scalar is a number too (regression: only int and float were accepted).
+    load_slider(fresh, case.folder, adapter_name="a", strength=np.float32(-1.5))
     denoiser = denoiser_of(case.source)
     denoiser.set_adapters(["slider"], weights=[-1.5])
     torch.testing.assert_close(_output(denoiser_of(fresh), case.inputs), _output(denoiser, case.inputs), **TOLERANCE)
+
+
+def test_load_slider_keeps_the_active_adapters_on(folder_root):
+    # Regression: diffusers' load switches the previously active adapters off; sliders are composed, so the ones that
+    # were on stay on, at their weights and with their trainability, beside the new one.
+    case = exported("sd15", folder_root)
+    pipe = build_tiny_pipeline("sd15")
+    pipe.load_lora_weights(case.folder, adapter_name="first")
+    pipe.set_adapters(["first"], adapter_weights=[0.7])
+    freeze_adapter(pipe.unet, "first")
+    load_slider(pipe, case.paths["comfyui"], adapter_name="second", strength=-1.0)
+    assert active_adapter_names(pipe.unet) == ["first", "second"]
+    assert frozen_adapter_names(pipe.unet) == ["first"]
+    composed = _output(pipe.unet, case.inputs)
+    pipe.set_adapters(["first", "second"], adapter_weights=[0.7, -1.0])
+    torch.testing.assert_close(composed, _output(pipe.unet, case.inputs), rtol=0, atol=0)
+
+
+def test_load_slider_writes_the_slider_once(folder_root, monkeypatch):
+    # Regression: loading wrote the scratch diffusers file twice (diffusers' writer, then a re-save with the slider
+    # header that loading never reads). A pass-through spy counts the safetensors writes.
+    import safetensors.torch
+
+    case = exported("sd15", folder_root)
+    writes = []
+    save_file_ = safetensors.torch.save_file
+
+    def counting_save_file(tensors, filename, *args, **kwargs):
+        writes.append(filename)
+        return save_file_(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", counting_save_file)
+    fresh = build_tiny_pipeline("sd15")
+    load_slider(fresh, case.paths["comfyui"], adapter_name="once", strength=0.5)
+    assert len(writes) == 1
+    fresh.set_adapters(["once"], adapter_weights=[0.5])
+    reference = denoiser_of(case.source)
+    reference.set_adapters(["slider"], weights=[0.5])
+    torch.testing.assert_close(_output(fresh.unet, case.inputs), _output(reference, case.inputs), **TOLERANCE)
 
 
 def test_without_metadata_diffusers_assumes_alpha_equals_rank(folder_root, tmp_path):
@@ -383,6 +425,34 @@ def test_metadata_rejects_bad_values(case):
     kwargs, message = METADATA_ERRORS[case]
     with pytest.raises(ValueError, match=message):
         SliderMetadata(**kwargs)
+
+
+def test_metadata_from_a_newer_version_keeps_an_unknown_architecture(tmp_path):
+    # Regression: reading raised on an architecture this version's table does not have (a file from a newer
+    # peft_slider); values are checked when made from user input, not when read.
+    header = {**_metadata().to_header(), "peft_slider.architecture": '"FutureTransformer2DModel"'}
+    metadata = SliderMetadata.from_header(header)
+    assert metadata.architecture == "FutureTransformer2DModel" and metadata.concept == "smiling"
+    assert SliderMetadata.from_header({"peft_slider.architecture": '"sdxl"'}).architecture == "UNet2DConditionModel"
+    tensors = {
+        "transformer.proj_out.lora_A.weight": torch.randn(2, 8),
+        "transformer.proj_out.lora_B.weight": torch.randn(4, 2),
+    }
+    save_file(tensors, tmp_path / "future.safetensors", metadata=header)
+    assert read_slider(tmp_path / "future.safetensors").architecture == "FutureTransformer2DModel"
+    with pytest.raises(ValueError, match="`architecture` 'FutureTransformer2DModel' is not known"):
+        SliderMetadata(architecture="FutureTransformer2DModel")
+    with pytest.raises(ValueError, match="`architecture` must be a non-empty string"):
+        SliderMetadata.from_header({"peft_slider.architecture": "3"})
+
+
+def test_metadata_accepts_numpy_scalars():
+    # Regression: values computed with numpy (np.float32 is no float subclass) were rejected.
+    metadata = SliderMetadata(
+        alpha=np.float32(2.0), recommended_range=(np.float32(-2.0), np.int64(2)), slider_start=np.float32(0.25)
+    )
+    assert (metadata.alpha, metadata.recommended_range, metadata.slider_start) == (2.0, (-2.0, 2.0), 0.25)
+    assert SliderMetadata.from_header(metadata.to_header()) == metadata
 
 
 def test_metadata_header_round_trip():

@@ -10,11 +10,12 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from peft_slider import SliderLoraConfig
 from peft_slider.export import load_slider, save_slider
 from peft_slider.hub import HubError, build_model_card, push_slider_to_hub, write_model_card
-from peft_slider.metadata import SliderMetadata
+from peft_slider.metadata import SliderMetadata, read_safetensors_header
 from peft_slider.tiny_pipelines import build_tiny_pipeline, capture_denoiser_inputs, tiny_call_kwargs
 from tests.hub_server import StandInHub
 
@@ -85,6 +86,22 @@ def test_model_card_usage_code_runs(slider_folder, monkeypatch):
     namespace = {"build": lambda: build_tiny_pipeline("sd15"), "call_kwargs": tiny_call_kwargs("sd15")}
     exec(compile(code, "model card usage", "exec"), namespace)
     assert namespace["image"].shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "architecture, tag, pipeline_tag",
+    [
+        ("sdxl", "stable-diffusion", "text-to-image"),  # the row's hub_tag: SD 1.x, 2.x and SDXL share the class
+        ("flux", "flux", "text-to-image"),  # no hub_tag: the first alias
+        ("wan", "wan", "text-to-video"),  # the row's `video`
+        ("ltx", "ltx", "text-to-video"),
+        (None, None, "text-to-image"),
+    ],
+)
+def test_model_card_tags_come_from_the_architecture_table(architecture, tag, pipeline_tag):
+    card = build_model_card(SliderMetadata(concept="age", architecture=architecture))
+    assert card.data.pipeline_tag == pipeline_tag
+    assert card.data.tags[-1] == (tag or "diffusers")
 
 
 def test_model_card_input_errors(tmp_path):
@@ -170,3 +187,15 @@ def test_model_card_reads_the_metadata_from_the_saved_slider(slider_folder, tmp_
     assert card.data.peft_slider["architecture"] == "UNet2DConditionModel"
     assert (card.data.peft_slider["rank"], card.data.peft_slider["alpha"]) == (4, 6.0)
     assert "![strength sweep]" not in card.text  # no grid given, none referenced
+
+
+def test_model_card_reads_only_the_header(slider_folder, tmp_path):
+    # Regression: the card loaded and checked every tensor (read_slider) only to get the metadata, so a weights file
+    # peft_slider does not read as a slider (here a DoRA magnitude beside the LoRA matrices) had no card.
+    folder, _ = slider_folder
+    source = folder / "pytorch_lora_weights.safetensors"
+    header = read_safetensors_header(source)
+    tensors = {**load_file(source), "unet.conv_in.lora_magnitude_vector": torch.ones(4)}
+    save_file(tensors, tmp_path / "pytorch_lora_weights.safetensors", metadata=header)
+    card = ModelCard.load(write_model_card(tmp_path, repo_id="me/s"))
+    assert card.data.peft_slider == SliderMetadata.from_header(header).to_dict()

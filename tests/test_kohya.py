@@ -20,6 +20,7 @@ from peft_slider import SliderLoraConfig
 from peft_slider.export import save_slider
 from peft_slider.full_size import build_meta_model
 from peft_slider.kohya import (
+    COMFYUI_LAYOUTS,
     from_comfyui_transformer,
     from_kohya,
     to_comfyui_transformer,
@@ -196,3 +197,22 @@ def test_bad_state_dicts_raise(case):
     call, message = BAD_INPUTS[case]
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_layouts_and_loaders_come_from_the_architecture_table():
+    """The table's `comfyui_layout` and `lora_loader` name real layouts and real diffusers loader mixins, whose
+    pipelines load the denoiser under the row's `component`."""
+    import diffusers.loaders.lora_pipeline as lora_pipeline
+
+    from peft_slider.architectures import ARCHITECTURES
+
+    assert COMFYUI_LAYOUTS == {name: row.comfyui_layout for name, row in ARCHITECTURES.items() if row.comfyui_layout}
+    assert set(COMFYUI_LAYOUTS.values()) == {"kohya", "transformer"}
+    assert COMFYUI_LAYOUTS["UNet2DConditionModel"] == "kohya"
+    for name, row in ARCHITECTURES.items():
+        assert row.component in ("unet", "transformer", "prior"), name
+        if row.comfyui_layout is not None:
+            assert row.lora_loader is not None, f"{name}: a ComfyUI file, but no diffusers file"
+        if row.lora_loader is not None:
+            mixin = getattr(lora_pipeline, row.lora_loader)
+            assert row.component in mixin._lora_loadable_modules, name

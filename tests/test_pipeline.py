@@ -273,7 +273,7 @@ class DenoiserOutputs:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("slider_start, base_steps", [(0.25, 1), (0.5, 2), (1.0, 4)])
+@pytest.mark.parametrize("slider_start, base_steps", [(0.25, 1), (0.5, 2), (0.75, 3)])
 @pytest.mark.parametrize("method", ["generate_at", "sweep"])
 def test_delayed_start_runs_the_base_model_before_the_start(family, slider_start, base_steps, method):
     pipe = _pipe(family)
@@ -297,6 +297,41 @@ def test_delayed_start_runs_the_base_model_before_the_start(family, slider_start
             torch.testing.assert_close(slid[step], base[step], rtol=0, atol=0, msg=f"step {step}")
         else:
             assert (slid[step] - base[step]).abs().max() > 1e-4, f"step {step} should run the slider"
+
+
+# Second-order schedulers call the denoiser twice per step at the same timestep (Heun), or at an interpolated one
+# (KDPM2). For 4 steps both run 7 denoiser calls. Regression: the start was placed by len(scheduler.timesteps) (7)
+# but counted in timestep changes (4 with Heun), so with slider_start=0.5 Heun never switched the slider on.
+SECOND_ORDER = {
+    # scheduler: denoiser calls at the base model for slider_start=0.5 (Heun: steps 0-1 are t0; t1, t1)
+    "HeunDiscreteScheduler": 3,
+    "KDPM2DiscreteScheduler": 4,  # all 7 timesteps differ: half of 7, rounded half up
+}
+
+
+@pytest.mark.parametrize("scheduler", list(SECOND_ORDER))
+@pytest.mark.parametrize("method", ["generate_at", "sweep"])
+def test_delayed_start_with_second_order_schedulers(scheduler, method):
+    import diffusers
+
+    pipe = add_sliders(enable_sliders(build_tiny_pipeline("sd15")))
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    pipe.set_adapters(["smile"], adapter_weights=[1.0])
+    kwargs = kwargs_of("sd15", num_inference_steps=4)
+    with DenoiserOutputs(pipe) as base:
+        base_images(pipe, generator=generator(), **kwargs)
+    with DenoiserOutputs(pipe) as slid:
+        if method == "generate_at":
+            pipe.generate_at(PROMPT, strength=1.5, slider_start=0.5, generator=generator(), **kwargs)
+        else:
+            pipe.sweep(PROMPT, [1.5], slider_start=0.5, **kwargs)
+    assert len(base) == len(slid) == 7
+    base_calls = SECOND_ORDER[scheduler]
+    for call in range(7):
+        if call < base_calls:
+            torch.testing.assert_close(slid[call], base[call], rtol=0, atol=0, msg=f"call {call}")
+        else:
+            assert (slid[call] - base[call]).abs().max() > 1e-4, f"call {call} should run the slider"
 
 
 # Restore exactly after an exception raised mid-generation, for every method.
@@ -385,6 +420,20 @@ BAD_INPUT = [
         lambda p, t: p.generate_at(PROMPT, strength=1.0, slider_start=1.5),
         ValueError,
         r"`slider_start`.*1.5",
+    ),
+    (
+        # The same range as SliderMetadata.slider_start: at 1.0 the slider would never be on.
+        "slider_start_end",
+        lambda p, t: p.sweep(PROMPT, [1.0], slider_start=1.0),
+        ValueError,
+        r"`slider_start` .* in \[0, 1\); got 1.0",
+    ),
+    ("seed_float", lambda p, t: p.sweep(PROMPT, [1.0], seed=1.5), TypeError, r"`seed` must be an int, got 1.5"),
+    (
+        "seeds_negative",
+        lambda p, t: p.sweep_grid(PROMPT, [1.0], seeds=[0, -1]),
+        ValueError,
+        r"`seeds` must be an integer in \[0, 2\*\*63\), got -1",
     ),
     ("disabled", lambda p, t: p.generate_at(PROMPT, strength=1.0), ValueError, r"disabled.*enable_lora"),
     ("library_empty", lambda p, t: p.generate_library({}), ValueError, r"empty"),
@@ -499,8 +548,11 @@ def test_mixin_class_and_enable_sliders_leave_call_unchanged(tmp_path):
     )
     pipe.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
-    with pytest.raises(ValueError, match="no `transformer` or `unet`"):
+    with pytest.raises(TypeError, match="`pipe` must be a diffusers DiffusionPipeline, got object"):
         enable_sliders(object())
+    without_denoiser = FluxPipeline(**{**plain.components, "transformer": None})
+    with pytest.raises(ValueError, match=r"FluxPipeline has no denoiser component \(`transformer`, `unet`"):
+        enable_sliders(without_denoiser)
 
 
 # Sweep grids from the pipeline: every cell is the sweep's image, unchanged.
@@ -523,6 +575,27 @@ def test_sweep_grid_cells_are_the_sweep_images(tmp_path):
             cell = np.asarray(image)
             windows = np.lib.stride_tricks.sliding_window_view(grid_array, cell.shape)
             assert (windows == cell).all(axis=(-3, -2, -1)).any(), f"a cell of {prompt!r} is missing from the grid"
+
+
+@pytest.mark.parametrize(
+    "switch, message",
+    [
+        (lambda pipe: pipe.fuse_lora(adapter_names=["smile"]), r"entry 'slid': .*fused.*unfuse_lora"),
+        (lambda pipe: pipe.disable_lora(), r"entry 'slid': .*disabled.*enable_lora"),
+    ],
+    ids=["fused", "disabled"],
+)
+def test_library_checks_fused_or_disabled_sliders_before_generating(switch, message):
+    # Regression: the first entry (no strength: the adapters as they are) was generated before the second one's
+    # adapter check failed.
+    pipe = add_sliders(enable_sliders(build_tiny_pipeline("sd15")))
+    pipe.set_adapters(["smile"], adapter_weights=[0.5])
+    switch(pipe)
+    library = {"plain": PROMPT, "slid": {"prompt": PROMPT, "adapter_strength": 1.0}}
+    with DenoiserOutputs(pipe) as calls:
+        with pytest.raises(ValueError, match=message):
+            pipe.generate_library(library, **kwargs_of("sd15"))
+    assert calls == []
 
 
 def test_unsupported_or_fused_sliders_are_a_clear_error_and_change_nothing():

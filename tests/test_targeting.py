@@ -10,8 +10,25 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from peft_slider import ARCHITECTURES, SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig, make_full_rank_trainable
-from peft_slider.targets import TargetingError, find_architecture, resolve_targets, text_path_modules
+from peft_slider import (
+    ARCHITECTURES,
+    SliderLoHaConfig,
+    SliderLoKrConfig,
+    SliderLoraConfig,
+    make_full_rank_trainable,
+    tiny_pipelines,
+)
+from peft_slider.targets import (
+    DENOISER_ATTRIBUTES,
+    TargetingError,
+    denoiser_attr,
+    denoiser_of,
+    find_architecture,
+    resolve_targets,
+    text_path_modules,
+    unwrap_denoiser,
+)
+from peft_slider.tiny_pipelines import build_tiny_pipeline
 from tests.denoisers import DENOISERS
 
 CASES = sorted(DENOISERS)
@@ -307,3 +324,43 @@ def test_user_targets_on_an_unknown_model_class_stand():
 
     config = SliderLoraConfig(r=4, model=Custom(), target_modules=["to_q"])
     assert config.target_modules == {"to_q"}
+
+
+def _cascade_prior_pipeline():
+    from diffusers import DDPMWuerstchenScheduler, StableCascadePriorPipeline, StableCascadeUNet
+
+    with torch.device("meta"):  # the full-size module tree costs nothing on the meta device
+        prior = StableCascadeUNet()
+    return StableCascadePriorPipeline(
+        tokenizer=None, text_encoder=None, prior=prior, scheduler=DDPMWuerstchenScheduler()
+    )
+
+
+@pytest.mark.parametrize(
+    "build, attribute",
+    [
+        (lambda: build_tiny_pipeline("sd15"), "unet"),
+        (lambda: build_tiny_pipeline("flux"), "transformer"),
+        (_cascade_prior_pipeline, "prior"),
+    ],
+    ids=["sd15", "flux", "stable_cascade_prior"],
+)
+def test_one_denoiser_finder_for_every_pipeline(build, attribute):
+    pipe = build()
+    assert attribute in DENOISER_ATTRIBUTES
+    assert denoiser_attr(pipe) == attribute
+    assert denoiser_of(pipe) is getattr(pipe, attribute)
+    assert unwrap_denoiser(pipe) is getattr(pipe, attribute)
+    # The table's `component` is where pipelines hold the class (and the key prefix of their LoRA files).
+    assert find_architecture(pipe).component == attribute
+    # tiny_pipelines re-exports the same functions.
+    assert (tiny_pipelines.denoiser_attr, tiny_pipelines.denoiser_of) == (denoiser_attr, denoiser_of)
+
+
+def test_denoiser_finder_errors_name_the_object():
+    with pytest.raises(TypeError, match=r"`pipe` must be a diffusers DiffusionPipeline, got Linear"):
+        denoiser_attr(nn.Linear(2, 2))
+    pipe = build_tiny_pipeline("sd15")
+    pipe.register_modules(unet=None)
+    with pytest.raises(ValueError, match=r"StableDiffusionPipeline has no denoiser component \(`transformer`, `unet`"):
+        denoiser_of(pipe)
