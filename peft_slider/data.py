@@ -80,16 +80,29 @@ class SliderDataset(Dataset):
         name: str | None = None,
     ):
         self.dataset = dataset
-        self.slider_strength = slider_strength
-        self.probability = probability
-        self.name = name
-        # Validates the strength, probability, name and length now rather than at the first batch.
-        self._strength = self.backend.strength
+        # One backend, built (and validated) once: the strength the sampler plans with is the one samples carry.
+        self._backend = SliderBackend(self, slider_strength=slider_strength, probability=probability, name=name)
+        self._strength = self._backend.strength
 
     @property
     def backend(self) -> SliderBackend:
         """This dataset as a `SliderBackend` for `SliderBatchSampler`."""
-        return SliderBackend(self, slider_strength=self.slider_strength, probability=self.probability, name=self.name)
+        return self._backend
+
+    @property
+    def slider_strength(self) -> float | None:
+        """The backend's signed strength as given (None for a neutral backend); read-only."""
+        return self._backend.slider_strength
+
+    @property
+    def probability(self) -> float:
+        """The backend's weight within its group; read-only."""
+        return self._backend.probability
+
+    @property
+    def name(self) -> str | None:
+        """The backend's name; read-only."""
+        return self._backend.name
 
     def __len__(self) -> int:
         return len(self.dataset)

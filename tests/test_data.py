@@ -486,3 +486,11 @@ def test_readme_example(tmp_path, monkeypatch):
 
     assert strengths == [0.5, -0.5, 0.0, 0.5, -0.5, 0.0] * num_epochs
     assert resumed == strengths[-2:]
+
+
+def test_slider_dataset_options_are_read_only():
+    """The sampler plans with the backend's strength; samples must carry the same one, so it cannot drift."""
+    dataset = SliderDataset([torch.zeros(1)] * 2, slider_strength=0.5, name="more")
+    with pytest.raises(AttributeError):
+        dataset.slider_strength = -1.0
+    assert dataset.backend.strength == dataset[0]["slider_strength"] == 0.5
