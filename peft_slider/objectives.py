@@ -17,13 +17,14 @@ Torch only: schedulers are read by duck typing (`alphas_cumprod`, `config`), dif
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from ._checks import check_finite, is_real_number
 
 __all__ = [
     "NEUTRAL_OBJECTIVES",
@@ -327,8 +328,7 @@ class FlowMatchingObjective(DenoisingObjective):
         if sigma_sampling not in _SIGMA_SAMPLINGS:
             raise ValueError(f"`sigma_sampling` must be one of {_SIGMA_SAMPLINGS}, got {sigma_sampling!r}.")
         for name, value in (("logit_mean", logit_mean), ("logit_std", logit_std), ("shift", shift)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+            check_finite(value, argument=name)
         if logit_std <= 0 or shift <= 0:
             raise ValueError(f"`logit_std` and `shift` must be > 0, got logit_std={logit_std!r}, shift={shift!r}.")
         if (
@@ -497,9 +497,7 @@ def _check_strength(value: Any, name: str) -> float:
         )
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
-    return float(value)
+    return check_finite(value, argument=name)
 
 
 def neutral_strength(backends: Iterable[Any]) -> float:
@@ -527,7 +525,7 @@ def neutral_strength(backends: Iterable[Any]) -> float:
     """
     total, weight = 0.0, 0.0
     for item in backends:
-        if isinstance(item, numbers.Real) and not isinstance(item, bool):
+        if is_real_number(item):
             strength, count = float(item), 1.0
         else:
             strength = getattr(item, "slider_strength", None)
