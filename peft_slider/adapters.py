@@ -121,8 +121,13 @@ class _AdapterState:
 
 def _adapter_trainability(model: nn.Module) -> dict[str, bool]:
     """Maps each adapter name, in the order first met, to whether any of its parameters requires grad."""
+    return _trainability_of(layer for _, layer in _tuner_layers(model))
+
+
+def _trainability_of(layers: Iterable[BaseTunerLayer]) -> dict[str, bool]:
+    """`_adapter_trainability` over tuner layers already collected."""
     trainable: dict[str, bool] = {}
-    for _, layer in _tuner_layers(model):
+    for layer in layers:
         for adapter, param in _layer_adapter_params(layer):
             trainable[adapter] = trainable.get(adapter, False) or param.requires_grad
     return trainable
@@ -236,8 +241,10 @@ def _as_name_list(value: str | Sequence[str], argument: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _check_known(model: nn.Module, names: Sequence[str], argument: str, *, hint: str = "") -> None:
-    known = adapter_names(model)
+def _check_known(
+    model: nn.Module, names: Sequence[str], argument: str, *, hint: str = "", known: Sequence[str] | None = None
+) -> None:
+    known = adapter_names(model) if known is None else sorted(known)
     for name in names:
         if name not in known:
             raise ValueError(
@@ -245,12 +252,15 @@ def _check_known(model: nn.Module, names: Sequence[str], argument: str, *, hint:
             )
 
 
-def _check_adapter_names(model: nn.Module, value: str | Sequence[str], argument: str, *, hint: str = "") -> list[str]:
-    """The adapter names an optional `adapter_names=`-style argument gives: at least one, each carried by `model`."""
+def _check_adapter_names(
+    model: nn.Module, value: str | Sequence[str], argument: str, *, hint: str = "", known: Sequence[str] | None = None
+) -> list[str]:
+    """The adapter names an optional `adapter_names=`-style argument gives: at least one, each carried by `model`
+    (whose adapter names the caller may pass as `known`, when it has them already)."""
     names = _as_name_list(value, argument)
     if not names:
         raise ValueError(f"`{argument}` is empty; name at least one adapter, or leave it unset for the default.")
-    _check_known(model, names, argument, hint=hint)
+    _check_known(model, names, argument, hint=hint, known=known)
     return names
 
 

@@ -29,8 +29,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ._checks import check_finite, is_real_number
-from .adapters import _check_adapter_names, _layer_holds, _tuner_layers, active_adapter_names, slider_adapter_names
-from .adapters import adapter_names as model_adapter_names
+from .adapters import _check_adapter_names, _layer_holds, _trainability_of, _tuner_layers, active_adapter_names
 
 __all__ = ["SliderScaler", "Strength", "slider_strength"]
 
@@ -71,15 +70,17 @@ def _check_strength(value: Any, adapter: str) -> float | torch.Tensor:
     )
 
 
-def _resolve_adapter_names(model: nn.Module, adapter_names: str | Sequence[str] | None) -> list[str]:
+def _resolve_adapter_names(
+    model: nn.Module, adapter_names: str | Sequence[str] | None, layers: Sequence[BaseTunerLayer]
+) -> list[str]:
+    trainability = _trainability_of(layers)  # one pass over the layers already collected: this runs per scaler
     if adapter_names is not None:
-        return _check_adapter_names(model, adapter_names, "adapter_names")
-    known = model_adapter_names(model)
+        return _check_adapter_names(model, adapter_names, "adapter_names", known=list(trainability))
     model_name = type(model).__name__
-    trainable = slider_adapter_names(model)
+    trainable = sorted(name for name, is_trainable in trainability.items() if is_trainable)
     if trainable:
         return trainable
-    if not known:
+    if not trainability:
         raise ValueError(
             f"No slider adapter found in {model_name}: it has no LoRA, LoKr or LoHa adapter. Add one first "
             "(get_peft_model, model.add_adapter or pipe.load_lora_weights)."
@@ -201,9 +202,10 @@ class SliderScaler:
     """
 
     def __init__(self, model: nn.Module, *, adapter_names: str | Sequence[str] | None = None) -> None:
-        names = _resolve_adapter_names(model, adapter_names)
+        tuner_layers = list(_tuner_layers(model))
+        names = _resolve_adapter_names(model, adapter_names, [layer for _, layer in tuner_layers])
         entries: list[tuple[str, BaseTunerLayer, str]] = []
-        for module_name, module in _tuner_layers(model):
+        for module_name, module in tuner_layers:
             for adapter in names:
                 if not _layer_holds(module, adapter):
                     continue
