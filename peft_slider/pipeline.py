@@ -40,11 +40,11 @@ from torch import nn
 from ._checks import check_finite, check_seed
 from .adapters import (
     _adapter_layers,
+    _adapter_trainability,
     _AdapterState,
     _check_adapter_names,
     _set_weight,
     active_adapter_names,
-    slider_adapter_names,
 )
 from .adapters import adapter_names as model_adapter_names
 from .prompts import PromptEntry, check_strength, load_prompt_library
@@ -81,7 +81,8 @@ def _named_sliders(denoiser: nn.Module, adapter_names: str | Sequence[str] | Non
 def _default_sliders(denoiser: nn.Module) -> list[str]:
     """The sliders a plain number applies to when no adapter is named: the single active adapter, or the trainable
     active ones beside frozen ones (a slider during training, beside an assistant)."""
-    known = model_adapter_names(denoiser)
+    trainability = _adapter_trainability(denoiser)  # one walk gives both the adapters and which are trainable
+    known = sorted(trainability)
     if not known:
         raise ValueError(
             f"{type(denoiser).__name__} carries no adapter; load a slider first "
@@ -90,8 +91,7 @@ def _default_sliders(denoiser: nn.Module) -> list[str]:
     active = active_adapter_names(denoiser)
     if len(active) == 1:
         return active
-    trainable = set(slider_adapter_names(denoiser))
-    chosen = [name for name in active if name in trainable]
+    chosen = [name for name in active if trainability.get(name, False)]
     if 0 < len(chosen) < len(active):
         return chosen
     raise ValueError(
