@@ -3,22 +3,31 @@
 Importing the package imports torch and peft, never diffusers: diffusers is imported where a diffusers feature is used.
 """
 
-from .adapters import (
+from .formats.export import SliderFile, SliderFileError, convert_slider, load_slider, read_slider, save_slider
+from .formats.hub import HubError, build_model_card, push_slider_to_hub, write_model_card
+from .formats.metadata import SliderMetadata
+from .inference.grid import format_strength, make_sweep_grid, save_sweep_grid
+from .inference.pipeline import SliderPipelineMixin, enable_sliders
+from .inference.prompts import PromptEntry, load_prompt_library
+from .targeting.architectures import ARCHITECTURES, FAMILY_ALIASES, ArchitectureSpec, Rule
+from .targeting.config import SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig
+from .targeting.full_rank import make_full_rank_trainable
+from .targeting.targets import SliderTargets, TargetingError, find_architecture, resolve_targets
+from .training.adapters import (
     activate_adapters,
     add_assistant_adapter,
     freeze_adapter,
     frozen_adapter_names,
     slider_adapter_names,
 )
-from .architectures import ARCHITECTURES, FAMILY_ALIASES, ArchitectureSpec, Rule
-from .config import SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig
-from .data import ImageCaptionFolder, SliderConcatDataset, SliderDataset, batch_strength, load_simpletuner_backends
-from .export import SliderFile, SliderFileError, convert_slider, load_slider, read_slider, save_slider
-from .full_rank import make_full_rank_trainable
-from .grid import format_strength, make_sweep_grid, save_sweep_grid
-from .hub import HubError, build_model_card, push_slider_to_hub, write_model_card
-from .metadata import SliderMetadata
-from .objectives import (
+from .training.data import (
+    ImageCaptionFolder,
+    SliderConcatDataset,
+    SliderDataset,
+    batch_strength,
+    load_simpletuner_backends,
+)
+from .training.objectives import (
     NEUTRAL_OBJECTIVES,
     DenoisingObjective,
     EpsilonObjective,
@@ -31,11 +40,8 @@ from .objectives import (
     neutral_strength,
     objective_from_scheduler,
 )
-from .pipeline import SliderPipelineMixin, enable_sliders
-from .prompts import PromptEntry, load_prompt_library
-from .sampler import SliderBackend, SliderBatchInfo, SliderBatchSampler
-from .scaling import SliderScaler, slider_strength
-from .targets import SliderTargets, TargetingError, find_architecture, resolve_targets
+from .training.sampler import SliderBackend, SliderBatchInfo, SliderBatchSampler
+from .training.scaling import SliderScaler, slider_strength
 
 __version__ = "0.1.0.dev0"
 

@@ -7,14 +7,14 @@ import json
 import sys
 import warnings
 
-from .architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES
+from ..targeting.architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES
 
 __all__ = ["main"]
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .full_size import FULL_SIZE_MODELS
-    from .inspect_model import format_report, inspect_report, load_meta_model
+    from ..targeting.full_size import FULL_SIZE_MODELS
+    from ..targeting.inspect_model import format_report, inspect_report, load_meta_model
 
     if args.list:
         print("Built-in real-size models:")
@@ -37,7 +37,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .export import convert_slider
+    from ..formats.export import convert_slider
 
     path = convert_slider(args.src, args.dst, to=args.to, architecture=args.architecture, weight_name=args.weight_name)
     print(f"wrote {path}")

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..targeting.architectures import ARCHITECTURES
+from ..targeting.targets import denoiser_attr, denoiser_of
+from ..utils.checks import check_finite
 from . import kohya
-from ._checks import check_finite
-from .architectures import ARCHITECTURES
 from .metadata import SliderMetadata, read_safetensors_header
-from .targets import denoiser_attr, denoiser_of
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -221,7 +221,7 @@ def _denoiser_and_pipeline_class(model_or_pipe: Any) -> tuple[nn.Module, type | 
 
 
 def _class_name(model: nn.Module) -> str | None:
-    from .targets import TargetingError, find_architecture
+    from ..targeting.targets import TargetingError, find_architecture
 
     try:
         return find_architecture(model).class_name
@@ -813,7 +813,7 @@ def load_slider(
         source, weight_name=weight_name, module_names=[name for name, _ in denoiser.named_modules() if name]
     )
     _check_fits(slider, denoiser)
-    from .adapters import _adapter_layers, _AdapterState, _set_active, _set_weight, active_adapter_names
+    from ..training.adapters import _adapter_layers, _AdapterState, _set_active, _set_weight, active_adapter_names
 
     previously_active = active_adapter_names(denoiser)
     # diffusers' load switches the active adapters off (and may have on a failure): snapshot to put them back.
@@ -894,7 +894,7 @@ def convert_slider(
         raise ValueError(f"`to` must be one of {FORMATS}, got {to!r}.")
     slider = read_slider(src, weight_name=weight_name)
     if architecture is not None:
-        from .targets import TargetingError, find_architecture
+        from ..targeting.targets import TargetingError, find_architecture
 
         try:
             class_name = find_architecture(architecture).class_name

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .architectures import ARCHITECTURES, ArchitectureSpec
+from ..targeting.architectures import ARCHITECTURES, ArchitectureSpec
 from .export import _REPO_ID
 from .metadata import SliderMetadata, read_safetensors_header
 

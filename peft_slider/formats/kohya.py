@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from .architectures import ARCHITECTURES
+from ..targeting.architectures import ARCHITECTURES
 
 __all__ = [
     "COMFYUI_LAYOUTS",

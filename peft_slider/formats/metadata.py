@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._checks import check_finite, is_finite_number
-from .architectures import SCOPES
+from ..targeting.architectures import SCOPES
+from ..utils.checks import check_finite, is_finite_number
 
 __all__ = ["HEADER_PREFIX", "SliderMetadata", "read_safetensors_header"]
 
@@ -25,7 +25,7 @@ HEADER_PREFIX = "peft_slider."
 
 
 def _package_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -50,7 +50,7 @@ def _check_text(value: Any, name: str) -> None:
 
 
 def _known_class_name(architecture: str) -> str | None:
-    from .targets import TargetingError, find_architecture
+    from ..targeting.targets import TargetingError, find_architecture
 
     try:
         return find_architecture(architecture).class_name
@@ -125,7 +125,7 @@ class SliderMetadata:
         for name in ("concept", "base_model", "architecture", "peft_slider_version"):
             _check_text(getattr(self, name), name)
         if self.architecture is not None:
-            from .targets import TargetingError, find_architecture
+            from ..targeting.targets import TargetingError, find_architecture
 
             try:
                 self.architecture = find_architecture(self.architecture).class_name

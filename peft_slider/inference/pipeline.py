@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ._checks import check_finite, check_seed
-from .adapters import (
+from ..targeting.targets import denoiser_of
+from ..training.adapters import (
     _adapter_layers,
     _adapter_trainability,
     _AdapterState,
@@ -46,10 +46,10 @@ from .adapters import (
     _set_weight,
     active_adapter_names,
 )
-from .adapters import adapter_names as model_adapter_names
+from ..training.adapters import adapter_names as model_adapter_names
+from ..training.scaling import SliderScaler
+from ..utils.checks import check_finite, check_seed
 from .prompts import PromptEntry, check_strength, load_prompt_library
-from .scaling import SliderScaler
-from .targets import denoiser_of
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._checks import check_finite, check_seed
+from ..utils.checks import check_finite, check_seed
 
 __all__ = ["PromptEntry", "load_prompt_library"]
 

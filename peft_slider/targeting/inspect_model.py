@@ -9,8 +9,8 @@ from typing import Any
 
 from torch import nn
 
+from ..formats.export import _REPO_ID
 from .architectures import SCOPES
-from .export import _REPO_ID
 from .targets import (
     TargetingError,
     count_lora_parameters,

@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._checks import check_seed
-
 # The denoiser finder lives with the other model-structure helpers; re-exported here, where tests and examples use it.
-from .targets import denoiser_attr as denoiser_attr
-from .targets import denoiser_of as denoiser_of
+from ..targeting.targets import denoiser_attr as denoiser_attr
+from ..targeting.targets import denoiser_of as denoiser_of
+from ..utils.checks import check_seed
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler

@@ -24,7 +24,7 @@ from peft import PeftConfig, PeftModel, inject_adapter_in_model, set_peft_model_
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .export import (
+from ..formats.export import (
     _PEFT_PREFIX,
     PEFT_CONFIG_NAME,
     PEFT_WEIGHT_NAME,
@@ -380,7 +380,7 @@ def _lora_file_in(folder: str) -> str:
 
 def _component_of(model: nn.Module) -> str:
     """The pipeline component (and LoRA-file key prefix) of a denoiser, from the architecture table."""
-    from .targets import TargetingError, find_architecture
+    from ..targeting.targets import TargetingError, find_architecture
 
     try:
         return find_architecture(model).component

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from ._checks import is_finite_number
+from ..utils.checks import is_finite_number
 from .sampler import SliderBackend
 
 __all__ = [

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_finite, is_real_number
+from ..utils.checks import check_finite, is_real_number
 
 __all__ = [
     "NEUTRAL_OBJECTIVES",

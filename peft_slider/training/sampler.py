@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import Sampler
 
-from ._checks import check_seed, is_finite_number
+from ..utils.checks import check_seed, is_finite_number
 
 __all__ = ["SLIDER_GROUPS", "SliderBackend", "SliderBatchInfo", "SliderBatchSampler", "slider_group"]
 

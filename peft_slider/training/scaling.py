@@ -28,7 +28,7 @@ from peft.tuners.lycoris_utils import LycorisLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ._checks import check_finite, is_real_number
+from ..utils.checks import check_finite, is_real_number
 from .adapters import _check_adapter_names, _layer_holds, _trainability_of, _tuner_layers, active_adapter_names
 
 __all__ = ["SliderScaler", "Strength", "slider_strength"]
