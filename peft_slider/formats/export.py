@@ -32,40 +32,35 @@ from torch import nn
 
 from ..targeting.architectures import ARCHITECTURES
 from ..targeting.targets import denoiser_attr, denoiser_of
-from ..utils.checks import check_finite
+from ..utils.checks import REPO_ID, check_finite
 from . import kohya
+from .files import (
+    DIFFUSERS_WEIGHT_NAME,
+    PEFT_PREFIX,
+    PEFT_WEIGHT_NAME,
+    SliderFileError,
+    load_tensors,
+    read_peft_config,
+    weights_file,
+)
 from .metadata import SliderMetadata, read_safetensors_header
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 __all__ = [
-    "DIFFUSERS_WEIGHT_NAME",
     "FORMATS",
-    "PEFT_CONFIG_NAME",
-    "PEFT_WEIGHT_NAME",
     "SliderFile",
-    "SliderFileError",
     "convert_slider",
     "load_slider",
     "read_slider",
     "save_slider",
 ]
 
-DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-PEFT_WEIGHT_NAME = "adapter_model.safetensors"
-PEFT_CONFIG_NAME = "adapter_config.json"
 FORMATS = ("diffusers", "peft", "comfyui")
-_PEFT_PREFIX = "base_model.model."
-# A Hub repo id, "owner/name" (a bare name would be mistaken for a missing local file).
-_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 # The families diffusers has a pipeline LoRA loader for (the table's `lora_loader`); others are saved as PEFT only.
 _LOADER_ROWS = tuple(spec for spec in ARCHITECTURES.values() if spec.lora_loader is not None)
 _LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # the one header key diffusers reads
-
-
-class SliderFileError(ValueError):
-    """A slider file cannot be read or does not fit the model: truncated, corrupted, wrong keys, wrong architecture."""
 
 
 @dataclass
@@ -245,7 +240,7 @@ def _slider_from_model(model: nn.Module, adapter_name: str, metadata: SliderMeta
             "`model.save_pretrained(...)` for LoKr/LoHa adapters."
         )
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)
-    tensors = {key.removeprefix(_PEFT_PREFIX): value.detach().cpu().contiguous() for key, value in state.items()}
+    tensors = {key.removeprefix(PEFT_PREFIX): value.detach().cpu().contiguous() for key, value in state.items()}
     unsupported = sorted(key for key in tensors if not re.fullmatch(r".+\.lora_[AB]\.weight", key))
     if unsupported:
         raise ValueError(
@@ -361,7 +356,7 @@ def _write_peft(slider: SliderFile, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     LoraConfig(**config).save_pretrained(str(directory))
     path = directory / PEFT_WEIGHT_NAME
-    _atomic_save({_PEFT_PREFIX + key: value for key, value in slider.tensors.items()}, path, _slider_header(slider))
+    _atomic_save({PEFT_PREFIX + key: value for key, value in slider.tensors.items()}, path, _slider_header(slider))
     return path
 
 
@@ -510,60 +505,6 @@ def save_slider(
 # Readers
 
 
-def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        header = read_safetensors_header(path)
-    except ValueError as error:
-        raise SliderFileError(str(error)) from None
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
-        raise SliderFileError(
-            f"{str(path)!r} is not a readable safetensors file (truncated or corrupted): {error}. Save or download it "
-            "again."
-        ) from None
-    return tensors, header
-
-
-def _weight_candidates(names: Iterable[str]) -> list[str]:
-    """The slider weight file among a folder's (or Hub repo's) file names: `pytorch_lora_weights.safetensors`, else
-    `adapter_model.safetensors`, else every `.safetensors` file, sorted (one is the slider; several are ambiguous)."""
-    names = set(names)
-    for name in (DIFFUSERS_WEIGHT_NAME, PEFT_WEIGHT_NAME):
-        if name in names:
-            return [name]
-    return sorted(name for name in names if name.endswith(".safetensors"))
-
-
-def _weights_file(folder: Path, weight_name: str | None) -> Path:
-    if weight_name is not None:
-        path = folder / weight_name
-        if not path.is_file():
-            raise SliderFileError(f"{str(folder)!r} has no file {weight_name!r}.")
-        return path
-    candidates = _weight_candidates(path.name for path in folder.iterdir() if path.is_file())
-    if len(candidates) == 1:
-        return folder / candidates[0]
-    if not candidates:
-        raise SliderFileError(f"{str(folder)!r} holds no .safetensors slider file.")
-    raise SliderFileError(f"{str(folder)!r} holds several .safetensors files {candidates}; pass `weight_name=`.")
-
-
-def _read_peft_config(path: Path, source: str) -> dict[str, Any]:
-    """The `adapter_config.json` beside a PEFT weights file, as a dict."""
-    config_path = path.with_name(PEFT_CONFIG_NAME)
-    try:
-        return json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise SliderFileError(
-            f"{source} is a PEFT adapter file but {str(config_path)!r} could not be read ({error}); PEFT files "
-            f"need their {PEFT_CONFIG_NAME} beside them."
-        ) from None
-
-
 def read_slider(
     path: str | os.PathLike, *, weight_name: str | None = None, module_names: Iterable[str] | None = None
 ) -> SliderFile:
@@ -600,11 +541,11 @@ def read_slider(
     """
     path = Path(path)
     if path.is_dir():
-        path = _weights_file(path, weight_name)
+        path = weights_file(path, weight_name)
     elif not path.is_file():
         raise SliderFileError(f"{str(path)!r} does not exist.")
     source = repr(str(path))
-    tensors, header = _load_tensors(path)
+    tensors, header = load_tensors(path)
     try:
         metadata = SliderMetadata.from_header(header)
     except ValueError as error:
@@ -621,10 +562,10 @@ def read_slider(
             raise SliderFileError(f"{source}: {error}") from None
         _check_lora_tensors(tensors, source)
         return SliderFile(tensors, _config_from_alphas(tensors, alphas), metadata, source, "comfyui", "unet")
-    if keys and all(key.startswith(_PEFT_PREFIX) for key in keys):
-        tensors = {key.removeprefix(_PEFT_PREFIX): value for key, value in tensors.items()}
+    if keys and all(key.startswith(PEFT_PREFIX) for key in keys):
+        tensors = {key.removeprefix(PEFT_PREFIX): value for key, value in tensors.items()}
         _check_lora_tensors(tensors, source)
-        config = _read_peft_config(path, source)
+        config = read_peft_config(path, source)
         return SliderFile(tensors, _lora_config_dict(config), metadata, source, "peft")
     for component in ("unet", "transformer"):
         prefix = component + "."
@@ -718,7 +659,7 @@ def _resolve_source(path_or_repo: str | os.PathLike, weight_name: str | None, **
     if path.exists():
         return path
     text = os.fspath(path_or_repo)
-    if not _REPO_ID.fullmatch(text):
+    if not REPO_ID.fullmatch(text):
         raise SliderFileError(f"{text!r} is neither an existing file or folder nor a Hub repo id ('owner/name').")
     from .hub import download_slider
 
@@ -813,11 +754,11 @@ def load_slider(
         source, weight_name=weight_name, module_names=[name for name, _ in denoiser.named_modules() if name]
     )
     _check_fits(slider, denoiser)
-    from ..training.adapters import _adapter_layers, _AdapterState, _set_active, _set_weight, active_adapter_names
+    from ..training.adapters import AdapterState, active_adapter_names, adapter_layers, set_active, set_weight
 
     previously_active = active_adapter_names(denoiser)
     # diffusers' load switches the active adapters off (and may have on a failure): snapshot to put them back.
-    state = _AdapterState(denoiser)
+    state = AdapterState(denoiser)
     with tempfile.TemporaryDirectory() as scratch:
         # One loading path for every format: the diffusers file this pipeline's own class writes. Loading reads no
         # slider metadata, so the file is used as diffusers wrote it.
@@ -834,11 +775,11 @@ def load_slider(
                 raise
             raise SliderFileError(f"{slider.source}: diffusers could not load the slider: {error}") from error
     # Sliders are composed: the adapters that were on stay on, at their weights and trainability, beside the new one.
-    _set_active(denoiser, previously_active + [adapter_name])
+    set_active(denoiser, previously_active + [adapter_name])
     state.restore_requires_grad()
     if strength is not None:
         # What diffusers' set_adapters does per layer, for this adapter only.
-        _set_weight(_adapter_layers(denoiser, adapter_name), adapter_name, strength)
+        set_weight(adapter_layers(denoiser, adapter_name), adapter_name, strength)
     return adapter_name
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..targeting.architectures import ARCHITECTURES, ArchitectureSpec
-from .export import _REPO_ID
+from ..utils.checks import REPO_ID
 from .metadata import SliderMetadata, read_safetensors_header
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def build_model_card(
     hub = _require_hub()
     if not isinstance(metadata, SliderMetadata):
         raise TypeError(f"`metadata` must be a SliderMetadata, got {type(metadata).__name__}.")
-    if repo_id is not None and (not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id)):
+    if repo_id is not None and (not isinstance(repo_id, str) or not REPO_ID.fullmatch(repo_id)):
         raise ValueError(f"`repo_id` must look like 'owner/name', got {repo_id!r}.")
     tags = list(_BASE_TAGS)
     # The row of the architecture table; None for an architecture this version does not know.
@@ -208,14 +208,14 @@ def write_model_card(
     """
     folder = Path(folder)
     if metadata is None:
-        from .export import _weights_file
+        from .files import weights_file
 
         if not folder.is_dir():
             raise ValueError(
                 f"`folder` {str(folder)!r} does not exist; save the slider there first, or pass `metadata=`."
             )
         # The header alone: the card needs the metadata, not the weights.
-        metadata = SliderMetadata.from_header(read_safetensors_header(_weights_file(folder, None)))
+        metadata = SliderMetadata.from_header(read_safetensors_header(weights_file(folder, None)))
         if metadata is None:
             raise ValueError(f"{str(folder)!r} holds a slider without slider metadata; pass `metadata=`.")
     folder.mkdir(parents=True, exist_ok=True)
@@ -298,7 +298,7 @@ def push_slider_to_hub(
         `HubError`: offline, unauthenticated, no write access; the message says what to do.
     """
     hub = _require_hub()
-    if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id):
+    if not isinstance(repo_id, str) or not REPO_ID.fullmatch(repo_id):
         raise ValueError(f"`repo_id` must look like 'owner/name', got {repo_id!r}.")
     folder = Path(folder)
     if not folder.is_dir() or not any(folder.glob("*.safetensors")):
@@ -336,14 +336,14 @@ def download_slider(
         `HubError`: offline, unauthenticated, missing repo or file.
     """
     hub = _require_hub()
-    from .export import PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, _weight_candidates
+    from .files import PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, weight_candidates
 
     api = hub.HfApi(endpoint=endpoint, token=token)
     try:
         files = api.list_repo_files(repo_id, revision=revision)
         if weight_name is None:
             # The same choice as for a local folder (peft_slider.export).
-            candidates = _weight_candidates(files)
+            candidates = weight_candidates(files)
             if len(candidates) != 1:
                 raise HubError(
                     f"{repo_id!r} holds {len(candidates)} .safetensors files ({candidates}); pass `weight_name=`."

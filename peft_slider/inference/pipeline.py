@@ -39,12 +39,12 @@ from torch import nn
 
 from ..targeting.targets import denoiser_of
 from ..training.adapters import (
-    _adapter_layers,
-    _adapter_trainability,
-    _AdapterState,
-    _check_adapter_names,
-    _set_weight,
+    AdapterState,
     active_adapter_names,
+    adapter_layers,
+    adapter_trainability,
+    check_adapter_names,
+    set_weight,
 )
 from ..training.adapters import adapter_names as model_adapter_names
 from ..training.scaling import SliderScaler
@@ -75,13 +75,13 @@ def _named_sliders(denoiser: nn.Module, adapter_names: str | Sequence[str] | Non
     if adapter_names is None:
         return None
     hint = " Load it first (pipe.load_lora_weights(..., adapter_name=...)) or fix the name."
-    return _check_adapter_names(denoiser, adapter_names, "adapter_names", hint=hint)
+    return check_adapter_names(denoiser, adapter_names, "adapter_names", hint=hint)
 
 
 def _default_sliders(denoiser: nn.Module) -> list[str]:
     """The sliders a plain number applies to when no adapter is named: the single active adapter, or the trainable
     active ones beside frozen ones (a slider during training, beside an assistant)."""
-    trainability = _adapter_trainability(denoiser)  # one walk gives both the adapters and which are trainable
+    trainability = adapter_trainability(denoiser)  # one walk gives both the adapters and which are trainable
     known = sorted(trainability)
     if not known:
         raise ValueError(
@@ -160,11 +160,11 @@ class _SliderCall:
         self.per_sample = per_sample or {}
         self.adapters = list(dict.fromkeys([*self.weights, *self.per_sample]))
         self.slider_start = slider_start
-        self.layers = {adapter: _adapter_layers(denoiser, adapter) for adapter in self.adapters}
+        self.layers = {adapter: adapter_layers(denoiser, adapter) for adapter in self.adapters}
         self._check_layers()
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._scaler: SliderScaler | None = None
-        self._state: _AdapterState | None = None
+        self._state: AdapterState | None = None
         self._signature = inspect.signature(denoiser.forward)
         # Step counting for the delayed start.
         self._last_timestep: Any = None
@@ -190,7 +190,7 @@ class _SliderCall:
                     )
 
     def __enter__(self) -> _SliderCall:
-        self._state = _AdapterState(self.denoiser)
+        self._state = AdapterState(self.denoiser)
         try:
             self._activate()
             if self.per_sample:
@@ -237,7 +237,7 @@ class _SliderCall:
 
     def _set_weights(self, weights: Mapping[str, float]) -> None:
         for adapter, weight in weights.items():
-            _set_weight(self.layers[adapter], adapter, weight)
+            set_weight(self.layers[adapter], adapter, weight)
 
     def _apply(self, *, on: bool, repeats: int = 1) -> None:
         key = (on, repeats)

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from ..formats.export import _REPO_ID
+from ..utils.checks import REPO_ID
 from .architectures import SCOPES
 from .targets import (
     TargetingError,
@@ -43,7 +43,7 @@ def load_meta_model(source: str) -> tuple[nn.Module, str]:
         return _from_config_dir(path), str(path)
     if source.lower() in FULL_SIZE_MODELS or _is_known_name(source):
         return build_meta_model(source)
-    if _REPO_ID.fullmatch(source):
+    if REPO_ID.fullmatch(source):
         return _from_hub(source), f"Hub repo {source}"
     raise ValueError(
         f"`model` {source!r} is neither a built-in name, a local folder, nor a Hub id (owner/name). "

@@ -24,14 +24,14 @@ from peft import PeftConfig, PeftModel, inject_adapter_in_model, set_peft_model_
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ..formats.export import (
-    _PEFT_PREFIX,
+from ..formats.files import (
     PEFT_CONFIG_NAME,
+    PEFT_PREFIX,
     PEFT_WEIGHT_NAME,
-    _load_tensors,
-    _read_peft_config,
-    _weight_candidates,
-    _weights_file,
+    load_tensors,
+    read_peft_config,
+    weight_candidates,
+    weights_file,
 )
 
 __all__ = [
@@ -45,23 +45,24 @@ __all__ = [
 ]
 
 
-def _tuner_layers(model: nn.Module) -> Iterator[tuple[str, BaseTunerLayer]]:
+def named_tuner_layers(model: nn.Module) -> Iterator[tuple[str, BaseTunerLayer]]:
+    """Yields (module name, layer) for every PEFT tuner layer of `model`, in module order."""
     for name, module in model.named_modules():
         if isinstance(module, BaseTunerLayer):
             yield name, module
 
 
-def _layer_holds(layer: BaseTunerLayer, adapter: str) -> bool:
+def layer_holds(layer: BaseTunerLayer, adapter: str) -> bool:
     """Whether a tuner layer holds weights of `adapter` (a layer only holds the adapters whose targets it matched)."""
     return any(adapter in getattr(layer, attr, ()) for attr in layer.adapter_layer_names)
 
 
-def _adapter_layers(model: nn.Module, adapter: str) -> list[BaseTunerLayer]:
+def adapter_layers(model: nn.Module, adapter: str) -> list[BaseTunerLayer]:
     """The tuner layers of `model` that hold `adapter`, in module order."""
-    return [layer for _, layer in _tuner_layers(model) if _layer_holds(layer, adapter)]
+    return [layer for _, layer in named_tuner_layers(model) if layer_holds(layer, adapter)]
 
 
-def _set_weight(layers: Iterable[BaseTunerLayer], adapter: str, weight: float) -> None:
+def set_weight(layers: Iterable[BaseTunerLayer], adapter: str, weight: float) -> None:
     """Sets `adapter`'s weight in `layers` absolutely, as diffusers' `set_adapters` does per layer: PEFT's
     `set_scale` writes `weight * lora_alpha / r` whatever the current scale is."""
     for layer in layers:
@@ -81,7 +82,7 @@ def _layer_adapter_params(layer: BaseTunerLayer) -> Iterator[tuple[str, nn.Param
                 yield adapter, param
 
 
-class _AdapterState:
+class AdapterState:
     """An exact snapshot of every adapter layer of a model: scales, active adapters, `requires_grad`.
 
     `restore()` puts them back (never by division, so scales 0 and negative restore exactly). Adapters added after the
@@ -89,7 +90,7 @@ class _AdapterState:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers = [layer for _, layer in _tuner_layers(model)]
+        self.layers = [layer for _, layer in named_tuner_layers(model)]
         self.scaling = [
             (layer.scaling, dict(layer.scaling))
             for layer in self.layers
@@ -119,13 +120,13 @@ class _AdapterState:
         self.restore_requires_grad()
 
 
-def _adapter_trainability(model: nn.Module) -> dict[str, bool]:
+def adapter_trainability(model: nn.Module) -> dict[str, bool]:
     """Maps each adapter name, in the order first met, to whether any of its parameters requires grad."""
-    return _trainability_of(layer for _, layer in _tuner_layers(model))
+    return trainability_of(layer for _, layer in named_tuner_layers(model))
 
 
-def _trainability_of(layers: Iterable[BaseTunerLayer]) -> dict[str, bool]:
-    """`_adapter_trainability` over tuner layers already collected."""
+def trainability_of(layers: Iterable[BaseTunerLayer]) -> dict[str, bool]:
+    """`adapter_trainability` over tuner layers already collected."""
     trainable: dict[str, bool] = {}
     for layer in layers:
         for adapter, param in _layer_adapter_params(layer):
@@ -153,7 +154,7 @@ def adapter_names(model: nn.Module) -> list[str]:
 
     ```
     """
-    return sorted(_adapter_trainability(model))
+    return sorted(adapter_trainability(model))
 
 
 def slider_adapter_names(model: nn.Module) -> list[str]:
@@ -179,7 +180,7 @@ def slider_adapter_names(model: nn.Module) -> list[str]:
 
     ```
     """
-    return sorted(name for name, trainable in _adapter_trainability(model).items() if trainable)
+    return sorted(name for name, trainable in adapter_trainability(model).items() if trainable)
 
 
 def frozen_adapter_names(model: nn.Module) -> list[str]:
@@ -203,7 +204,7 @@ def frozen_adapter_names(model: nn.Module) -> list[str]:
 
     ```
     """
-    return sorted(name for name, trainable in _adapter_trainability(model).items() if not trainable)
+    return sorted(name for name, trainable in adapter_trainability(model).items() if not trainable)
 
 
 def active_adapter_names(model: nn.Module) -> list[str]:
@@ -227,7 +228,7 @@ def active_adapter_names(model: nn.Module) -> list[str]:
     ```
     """
     active: dict[str, None] = {}
-    for _, layer in _tuner_layers(model):
+    for _, layer in named_tuner_layers(model):
         for name in layer.active_adapters:
             active.setdefault(name, None)
     return list(active)
@@ -252,7 +253,7 @@ def _check_known(
             )
 
 
-def _check_adapter_names(
+def check_adapter_names(
     model: nn.Module, value: str | Sequence[str], argument: str, *, hint: str = "", known: Sequence[str] | None = None
 ) -> list[str]:
     """The adapter names an optional `adapter_names=`-style argument gives: at least one, each carried by `model`
@@ -291,19 +292,21 @@ def freeze_adapter(model: nn.Module, adapter_name: str) -> None:
     ```
     """
     _check_known(model, _as_name_list(adapter_name, "adapter_name"), "adapter_name")
-    for _, layer in _tuner_layers(model):
+    for _, layer in named_tuner_layers(model):
         for adapter, param in _layer_adapter_params(layer):
             if adapter == adapter_name:
                 param.requires_grad_(False)
 
 
-def _set_active(model: nn.Module, names: list[str]) -> None:
+def set_active(model: nn.Module, names: list[str]) -> None:
+    """Makes exactly `names` the active adapters of every tuner layer, whatever loader added them. PEFT marks the
+    adapters it activates trainable: callers restore `requires_grad` (see [`AdapterState`])."""
     if isinstance(model, PeftModel):
         # The tuner keeps its own `active_adapter` record (used by save/merge); set it through the tuner.
         model.base_model.set_adapter(names)
     else:
         # What diffusers' `PeftAdapterMixin.set_adapter` does, without its check that `names` come from one loader.
-        for _, layer in _tuner_layers(model):
+        for _, layer in named_tuner_layers(model):
             layer.set_adapter(names)
 
 
@@ -350,9 +353,9 @@ def activate_adapters(
     _check_known(model, slider_names, "slider")
     _check_known(model, frozen_names, "frozen")
 
-    _set_active(model, slider_names + frozen_names)
+    set_active(model, slider_names + frozen_names)
     frozen_set = set(frozen_names) if trainable else set(frozen_names) | set(slider_names)
-    for _, layer in _tuner_layers(model):
+    for _, layer in named_tuner_layers(model):
         for adapter, param in _layer_adapter_params(layer):
             if adapter in frozen_set:
                 param.requires_grad_(False)
@@ -361,15 +364,15 @@ def activate_adapters(
 def _read_peft_folder(folder: str) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
     """The config (any PEFT method) and weights of a folder written by PEFT's `save_pretrained`."""
     # The file formats are known once, in peft_slider.export (which imports neither PEFT nor diffusers at load).
-    weights = _weights_file(Path(folder), PEFT_WEIGHT_NAME)
-    tensors, _ = _load_tensors(weights)
-    config = PeftConfig.from_peft_type(**_read_peft_config(weights, repr(str(weights))))
+    weights = weights_file(Path(folder), PEFT_WEIGHT_NAME)
+    tensors, _ = load_tensors(weights)
+    config = PeftConfig.from_peft_type(**read_peft_config(weights, repr(str(weights))))
     return config, tensors
 
 
 def _lora_file_in(folder: str) -> str:
     """The LoRA file of a diffusers folder, chosen as `peft_slider.export` chooses a slider's file."""
-    files = _weight_candidates(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)))
+    files = weight_candidates(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)))
     if len(files) == 1:
         return files[0]
     found = f"the .safetensors files {files}" if files else "no .safetensors file"
@@ -394,7 +397,7 @@ def _delete_adapter(model: nn.Module, adapter_name: str) -> None:
     elif hasattr(model, "delete_adapters"):
         model.delete_adapters(adapter_name)
     else:
-        for _, layer in _tuner_layers(model):
+        for _, layer in named_tuner_layers(model):
             layer.delete_adapter(adapter_name)
         getattr(model, "peft_config", {}).pop(adapter_name, None)
 
@@ -404,10 +407,10 @@ def _inject_with_state_dict(
 ) -> None:
     if isinstance(model, PeftModel):
         # PeftModel state dicts name modules from the PeftModel itself.
-        state_dict = {(k if k.startswith(_PEFT_PREFIX) else _PEFT_PREFIX + k): v for k, v in state_dict.items()}
+        state_dict = {(k if k.startswith(PEFT_PREFIX) else PEFT_PREFIX + k): v for k, v in state_dict.items()}
         model.add_adapter(adapter_name, config)
     else:
-        state_dict = {k.removeprefix(_PEFT_PREFIX): v for k, v in state_dict.items()}
+        state_dict = {k.removeprefix(PEFT_PREFIX): v for k, v in state_dict.items()}
         if getattr(model, "_hf_peft_config_loaded", None) is not None:
             model.add_adapter(config, adapter_name=adapter_name)  # diffusers: also records peft_config
         else:
@@ -487,10 +490,10 @@ def add_assistant_adapter(
 
     previously_active = active_adapter_names(model)
     # PEFT and diffusers activate (and unfreeze) adapters while loading, also when loading then fails: snapshot first.
-    state = _AdapterState(model)
+    state = AdapterState(model)
     try:
         _load_adapter(model, source, adapter_name=adapter_name, state_dict=state_dict, prefix=prefix)
-        _set_active(model, previously_active + [adapter_name])
+        set_active(model, previously_active + [adapter_name])
     except BaseException:
         if adapter_name in adapter_names(model):
             _delete_adapter(model, adapter_name)

@@ -29,7 +29,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..utils.checks import check_finite, is_real_number
-from .adapters import _check_adapter_names, _layer_holds, _trainability_of, _tuner_layers, active_adapter_names
+from .adapters import active_adapter_names, check_adapter_names, layer_holds, named_tuner_layers, trainability_of
 
 __all__ = ["SliderScaler", "Strength", "slider_strength"]
 
@@ -73,9 +73,9 @@ def _check_strength(value: Any, adapter: str) -> float | torch.Tensor:
 def _resolve_adapter_names(
     model: nn.Module, adapter_names: str | Sequence[str] | None, layers: Sequence[BaseTunerLayer]
 ) -> list[str]:
-    trainability = _trainability_of(layers)  # one pass over the layers already collected: this runs per scaler
+    trainability = trainability_of(layers)  # one pass over the layers already collected: this runs per scaler
     if adapter_names is not None:
-        return _check_adapter_names(model, adapter_names, "adapter_names", known=list(trainability))
+        return check_adapter_names(model, adapter_names, "adapter_names", known=list(trainability))
     model_name = type(model).__name__
     trainable = sorted(name for name, is_trainable in trainability.items() if is_trainable)
     if trainable:
@@ -202,12 +202,12 @@ class SliderScaler:
     """
 
     def __init__(self, model: nn.Module, *, adapter_names: str | Sequence[str] | None = None) -> None:
-        tuner_layers = list(_tuner_layers(model))
+        tuner_layers = list(named_tuner_layers(model))
         names = _resolve_adapter_names(model, adapter_names, [layer for _, layer in tuner_layers])
         entries: list[tuple[str, BaseTunerLayer, str]] = []
         for module_name, module in tuner_layers:
             for adapter in names:
-                if not _layer_holds(module, adapter):
+                if not layer_holds(module, adapter):
                     continue
                 scaling = getattr(module, "scaling", None)
                 if not isinstance(module, (LoraLayer, LycorisLayer)) or not isinstance(scaling, dict):

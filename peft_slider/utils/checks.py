@@ -1,5 +1,5 @@
 # Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
-"""The argument checks every module shares: a finite real number, and a seed. Standard library only.
+"""The argument checks every module shares: a finite real number, a seed, a Hub repo id. Standard library only.
 
 An error names the argument, shows the value and says what is expected. `argument` is the argument's name
 (``"slider_start"``, shown as `` `slider_start` ``) or, where the name alone does not say which value is meant, a
@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from typing import Any
 
-__all__ = ["check_finite", "check_seed", "is_finite_number", "is_real_number"]
+__all__ = ["REPO_ID", "check_finite", "check_seed", "is_finite_number", "is_real_number"]
+
+# A Hub repo id, "owner/name" (a bare name would be mistaken for a missing local file).
+REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 _SEED_LIMIT = 2**63  # torch generators take seeds up to 2**64 - 1; 2**63 leaves room for `seed + epoch`
 
