@@ -1,1 +1,79 @@
-"""formats"""
+# Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
+"""Formats: slider files in the layouts users load, and the Hub.
+
+- `files`: the file names, finding and reading a slider's weight file, `SliderFileError`.
+- `export`: the slider file model (`SliderFile`), the writers (`save_slider`, `convert_slider`), the reader of every
+  layout (`read_slider`) and the loader (`load_slider`).
+- `kohya`: the kohya / ComfyUI key layouts.
+- `metadata`: `SliderMetadata`, the `peft_slider.*` safetensors header keys.
+- `hub`: model cards, `push_slider_to_hub`, `download_slider`.
+"""
+
+from typing import TYPE_CHECKING
+
+from ..utils.imports import lazy_exports
+
+__all__ = [
+    "COMFYUI_LAYOUTS",
+    "DIFFUSERS_WEIGHT_NAME",
+    "FORMATS",
+    "HEADER_PREFIX",
+    "HubError",
+    "PEFT_CONFIG_NAME",
+    "PEFT_WEIGHT_NAME",
+    "SliderFile",
+    "SliderFileError",
+    "SliderMetadata",
+    "build_model_card",
+    "convert_slider",
+    "download_slider",
+    "from_comfyui_transformer",
+    "from_kohya",
+    "kohya_header",
+    "kohya_module_name",
+    "load_slider",
+    "push_slider_to_hub",
+    "read_safetensors_header",
+    "read_slider",
+    "save_slider",
+    "to_comfyui_transformer",
+    "to_kohya",
+    "unet_module_name",
+    "write_model_card",
+]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "export": ["FORMATS", "SliderFile", "convert_slider", "load_slider", "read_slider", "save_slider"],
+        "files": ["DIFFUSERS_WEIGHT_NAME", "PEFT_CONFIG_NAME", "PEFT_WEIGHT_NAME", "SliderFileError"],
+        "hub": ["HubError", "build_model_card", "download_slider", "push_slider_to_hub", "write_model_card"],
+        "kohya": [
+            "COMFYUI_LAYOUTS",
+            "from_comfyui_transformer",
+            "from_kohya",
+            "kohya_header",
+            "kohya_module_name",
+            "to_comfyui_transformer",
+            "to_kohya",
+            "unet_module_name",
+        ],
+        "metadata": ["HEADER_PREFIX", "SliderMetadata", "read_safetensors_header"],
+    },
+)
+
+if TYPE_CHECKING:
+    from .export import FORMATS, SliderFile, convert_slider, load_slider, read_slider, save_slider
+    from .files import DIFFUSERS_WEIGHT_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, SliderFileError
+    from .hub import HubError, build_model_card, download_slider, push_slider_to_hub, write_model_card
+    from .kohya import (
+        COMFYUI_LAYOUTS,
+        from_comfyui_transformer,
+        from_kohya,
+        kohya_header,
+        kohya_module_name,
+        to_comfyui_transformer,
+        to_kohya,
+        unet_module_name,
+    )
+    from .metadata import HEADER_PREFIX, SliderMetadata, read_safetensors_header

@@ -27,6 +27,16 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+__all__ = [
+    "TINY_FAMILIES",
+    "build_tiny_pipeline",
+    "capture_denoiser_inputs",
+    "denoiser_attr",
+    "denoiser_of",
+    "save_tiny_pipeline",
+    "tiny_call_kwargs",
+]
+
 # Words of the local tokenizers' vocabulary: common English plus the words slider prompts use. A word outside it maps
 # to the unknown token, which is fine for random-weight models but would make every unknown word look alike.
 _WORDS = (

@@ -1,1 +1,121 @@
-"""training"""
+# Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
+"""Training: signed batches, signed strength, and the adapters beside a slider.
+
+- `sampler`: `SliderBatchSampler`, one backend and so one signed strength per batch; resumable, sharded by rank.
+- `data`: slider datasets (`SliderDataset`, `SliderConcatDataset`, `ImageCaptionFolder`, SimpleTuner configs).
+- `objectives`: noise, targets and losses per scheduler family, and what neutral batches train.
+- `scaling`: `SliderScaler`, the slider's signed strength on its adapters' scales, restored exactly.
+- `adapters`: which adapters are sliders, frozen assistant adapters, and the tuner-layer helpers (names, activation,
+  the `AdapterState` snapshot) the loader and the pipeline mixin use too.
+"""
+
+from typing import TYPE_CHECKING
+
+from ..utils.imports import lazy_exports
+
+__all__ = [
+    "DenoisingObjective",
+    "EpsilonObjective",
+    "FlowMatchingObjective",
+    "IMAGE_EXTENSIONS",
+    "ImageCaptionFolder",
+    "NEUTRAL_OBJECTIVES",
+    "NeutralObjective",
+    "NoisyBatch",
+    "SLIDER_GROUPS",
+    "SliderBackend",
+    "SliderBatchInfo",
+    "SliderBatchSampler",
+    "SliderConcatDataset",
+    "SliderDataset",
+    "SliderScaler",
+    "SliderStep",
+    "Strength",
+    "VPredictionObjective",
+    "activate_adapters",
+    "active_adapter_names",
+    "adapter_names",
+    "add_assistant_adapter",
+    "batch_strength",
+    "freeze_adapter",
+    "frozen_adapter_names",
+    "is_flow_matching_scheduler",
+    "load_simpletuner_backends",
+    "neutral_strength",
+    "objective_from_scheduler",
+    "slider_adapter_names",
+    "slider_group",
+    "slider_strength",
+]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "adapters": [
+            "activate_adapters",
+            "active_adapter_names",
+            "adapter_names",
+            "add_assistant_adapter",
+            "freeze_adapter",
+            "frozen_adapter_names",
+            "slider_adapter_names",
+        ],
+        "data": [
+            "IMAGE_EXTENSIONS",
+            "ImageCaptionFolder",
+            "SliderConcatDataset",
+            "SliderDataset",
+            "batch_strength",
+            "load_simpletuner_backends",
+        ],
+        "objectives": [
+            "DenoisingObjective",
+            "EpsilonObjective",
+            "FlowMatchingObjective",
+            "NEUTRAL_OBJECTIVES",
+            "NeutralObjective",
+            "NoisyBatch",
+            "SliderStep",
+            "VPredictionObjective",
+            "is_flow_matching_scheduler",
+            "neutral_strength",
+            "objective_from_scheduler",
+        ],
+        "sampler": ["SLIDER_GROUPS", "SliderBackend", "SliderBatchInfo", "SliderBatchSampler", "slider_group"],
+        "scaling": ["SliderScaler", "Strength", "slider_strength"],
+    },
+)
+
+if TYPE_CHECKING:
+    from .adapters import (
+        activate_adapters,
+        active_adapter_names,
+        adapter_names,
+        add_assistant_adapter,
+        freeze_adapter,
+        frozen_adapter_names,
+        slider_adapter_names,
+    )
+    from .data import (
+        IMAGE_EXTENSIONS,
+        ImageCaptionFolder,
+        SliderConcatDataset,
+        SliderDataset,
+        batch_strength,
+        load_simpletuner_backends,
+    )
+    from .objectives import (
+        NEUTRAL_OBJECTIVES,
+        DenoisingObjective,
+        EpsilonObjective,
+        FlowMatchingObjective,
+        NeutralObjective,
+        NoisyBatch,
+        SliderStep,
+        VPredictionObjective,
+        is_flow_matching_scheduler,
+        neutral_strength,
+        objective_from_scheduler,
+    )
+    from .sampler import SLIDER_GROUPS, SliderBackend, SliderBatchInfo, SliderBatchSampler, slider_group
+    from .scaling import SliderScaler, Strength, slider_strength

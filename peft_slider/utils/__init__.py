@@ -1,1 +1,11 @@
-"""utils"""
+# Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
+"""Helpers every room shares; standard library only, so importing them is free.
+
+- `checks`: the argument checks (a finite real number, a seed, a Hub repo id) and their error messages.
+- `imports`: `lazy_exports`, the packages' re-exports imported on first use.
+"""
+
+from .checks import REPO_ID, check_finite, check_seed, is_finite_number, is_real_number
+from .imports import lazy_exports
+
+__all__ = ["REPO_ID", "check_finite", "check_seed", "is_finite_number", "is_real_number", "lazy_exports"]
