@@ -36,7 +36,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peft_slider.sampler import SliderBackend, SliderBatchSampler  # noqa: E402
+from peft_slider.training import SliderBackend, SliderBatchSampler  # noqa: E402
 
 
 def parse_args(input_args=None):

@@ -38,8 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peft_slider import SliderLoraConfig  # noqa: E402
-from peft_slider.pipeline import enable_sliders  # noqa: E402
-from peft_slider.tiny_pipelines import build_tiny_pipeline, denoiser_of, tiny_call_kwargs  # noqa: E402
+from peft_slider.inference import enable_sliders  # noqa: E402
+from peft_slider.testing import build_tiny_pipeline, denoiser_of, tiny_call_kwargs  # noqa: E402
 
 PIPELINES = ("tiny-sd15", "tiny-flux", "small-sd15", "sd15-unet")
 STRENGTHS = [-2.0, -1.0, 0.0, 1.0, 2.0]

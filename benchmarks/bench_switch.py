@@ -69,7 +69,7 @@ def time_switch(switch: Callable[[int], None], *, block: int, repeats: int, warm
 
 
 def main(args: argparse.Namespace) -> int:
-    from peft_slider.scaling import SliderScaler, slider_strength
+    from peft_slider.training import SliderScaler, slider_strength
 
     model = build_model(args.rank)
     start = time.perf_counter()

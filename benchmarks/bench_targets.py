@@ -19,9 +19,13 @@ import warnings
 
 from torch import nn
 
-from peft_slider.architectures import ARCHITECTURES
-from peft_slider.full_size import FULL_SIZE_MODELS, build_meta_model
-from peft_slider.targets import count_lora_parameters, resolve_targets
+from peft_slider.targeting import (
+    ARCHITECTURES,
+    FULL_SIZE_MODELS,
+    build_meta_model,
+    count_lora_parameters,
+    resolve_targets,
+)
 
 RANK = 16
 

@@ -41,10 +41,16 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peft_slider import SliderLoraConfig  # noqa: E402
-from peft_slider.data import SliderConcatDataset, SliderDataset, batch_strength  # noqa: E402
-from peft_slider.objectives import EpsilonObjective, NeutralObjective  # noqa: E402
-from peft_slider.sampler import SliderBatchSampler  # noqa: E402
-from peft_slider.scaling import SliderScaler, slider_strength  # noqa: E402
+from peft_slider.training import (  # noqa: E402  # noqa: E402  # noqa: E402
+    EpsilonObjective,
+    NeutralObjective,
+    SliderBatchSampler,  # noqa: E402
+    SliderConcatDataset,
+    SliderDataset,
+    SliderScaler,
+    batch_strength,
+    slider_strength,
+)
 
 BATCH = 4
 RANK = 16
@@ -69,7 +75,7 @@ def build_unet(size: str):
 
     torch.manual_seed(0)
     if size == "tiny":
-        from peft_slider.tiny_pipelines import build_tiny_pipeline
+        from peft_slider.testing import build_tiny_pipeline
 
         pipe = build_tiny_pipeline("sd15")
         return pipe.unet, (4, 8, 8), (77, pipe.text_encoder.config.hidden_size), pipe.scheduler

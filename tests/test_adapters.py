@@ -1,5 +1,5 @@
 # Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
-"""Tests for peft_slider.adapters: frozen assistant adapters beside a trainable slider.
+"""Tests for peft_slider.training.adapters: frozen assistant adapters beside a trainable slider.
 
 Real PEFT models (get_peft_model on a small MLP) and real diffusers models (a tiny UNet2DConditionModel and
 FluxTransformer2DModel carrying adapters through `add_adapter`), real safetensors files written by PEFT's
@@ -37,8 +37,8 @@ from test_scaling import (
 )
 from torch import nn
 
-from peft_slider import adapters
-from peft_slider.adapters import (
+from peft_slider.training import adapters
+from peft_slider.training.adapters import (
     activate_adapters,
     active_adapter_names,
     adapter_names,
@@ -47,7 +47,7 @@ from peft_slider.adapters import (
     frozen_adapter_names,
     slider_adapter_names,
 )
-from peft_slider.scaling import SliderScaler
+from peft_slider.training.scaling import SliderScaler
 
 MODELS = {"mlp": (build_mlp, mlp_inputs), "unet": (build_unet, unet_inputs), "flux": (build_flux, flux_inputs)}
 

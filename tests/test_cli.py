@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from peft_slider.cli import main
-from peft_slider.full_size import FULL_SIZE_MODELS, build_meta_model
-from peft_slider.targets import resolve_targets
+from peft_slider.targeting.full_size import FULL_SIZE_MODELS, build_meta_model
+from peft_slider.targeting.targets import resolve_targets
 from tests.denoisers import DENOISERS
 
 

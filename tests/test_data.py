@@ -1,5 +1,5 @@
 # Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
-"""Tests of peft_slider.data: strength-carrying datasets through real DataLoaders (workers included), the image +
+"""Tests of peft_slider.training.data: strength-carrying datasets through real DataLoaders (workers included), the image +
 caption folder on real PNG files, and the SimpleTuner dataloader-JSON loader."""
 
 import json
@@ -13,14 +13,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from peft_slider.data import (
+from peft_slider.training.data import (
     ImageCaptionFolder,
     SliderConcatDataset,
     SliderDataset,
     batch_strength,
     load_simpletuner_backends,
 )
-from peft_slider.sampler import SliderBatchSampler
+from peft_slider.training.sampler import SliderBatchSampler
 
 
 class Tagged(Dataset):
@@ -457,8 +457,8 @@ def test_readme_example(tmp_path, monkeypatch):
 
     from torch.utils.data import DataLoader
 
-    from peft_slider.data import SliderConcatDataset, batch_strength, load_simpletuner_backends
-    from peft_slider.sampler import SliderBatchSampler
+    from peft_slider.training.data import SliderConcatDataset, batch_strength, load_simpletuner_backends
+    from peft_slider.training.sampler import SliderBatchSampler
 
     backends = load_simpletuner_backends("multidatabackend.json", resolution=16)
     dataset = SliderConcatDataset(backends)

@@ -38,7 +38,7 @@ def test_readme_inspect_output_is_the_real_output(capsys):
 
 MODULES = sorted(
     name
-    for _, name, _ in pkgutil.iter_modules(peft_slider.__path__, prefix="peft_slider.")
+    for _, name, _ in pkgutil.walk_packages(peft_slider.__path__, prefix="peft_slider.")
     if name not in ("peft_slider.__main__",)
 )
 

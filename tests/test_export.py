@@ -21,12 +21,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from peft_slider import SliderLoraConfig
-from peft_slider.adapters import active_adapter_names, freeze_adapter, frozen_adapter_names
 from peft_slider.cli import main
-from peft_slider.config import SLIDER_ONLY_FIELDS
-from peft_slider.export import SliderFileError, convert_slider, load_slider, read_slider, save_slider
-from peft_slider.metadata import SliderMetadata, read_safetensors_header
-from peft_slider.tiny_pipelines import build_tiny_pipeline, capture_denoiser_inputs, denoiser_of, tiny_call_kwargs
+from peft_slider.formats.export import convert_slider, load_slider, read_slider, save_slider
+from peft_slider.formats.files import SliderFileError
+from peft_slider.formats.metadata import SliderMetadata, read_safetensors_header
+from peft_slider.targeting.config import SLIDER_ONLY_FIELDS
+from peft_slider.testing.tiny_pipelines import (
+    build_tiny_pipeline,
+    capture_denoiser_inputs,
+    denoiser_of,
+    tiny_call_kwargs,
+)
+from peft_slider.training.adapters import active_adapter_names, freeze_adapter, frozen_adapter_names
 
 FAMILIES = ("sd15", "sdxl", "flux", "sd3", "zimage")
 STRENGTHS = (-1.0, 0.5, 2.0)

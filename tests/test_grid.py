@@ -1,5 +1,5 @@
 # Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
-"""Tests for peft_slider.grid: cell placement, label regions, input types and the PNG round trip.
+"""Tests for peft_slider.inference.grid: cell placement, label regions, input types and the PNG round trip.
 
 Cells are solid colours that appear nowhere else, so each cell is found in the grid by its colour alone; the tests
 never reuse the module's layout arithmetic.
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from peft_slider.grid import format_strength, make_sweep_grid, save_sweep_grid
+from peft_slider.inference.grid import format_strength, make_sweep_grid, save_sweep_grid
 
 WHITE = np.array([255, 255, 255])
 

@@ -13,10 +13,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from peft_slider import SliderLoraConfig
-from peft_slider.export import load_slider, save_slider
-from peft_slider.hub import HubError, build_model_card, push_slider_to_hub, write_model_card
-from peft_slider.metadata import SliderMetadata, read_safetensors_header
-from peft_slider.tiny_pipelines import build_tiny_pipeline, capture_denoiser_inputs, tiny_call_kwargs
+from peft_slider.formats.export import load_slider, save_slider
+from peft_slider.formats.hub import HubError, build_model_card, push_slider_to_hub, write_model_card
+from peft_slider.formats.metadata import SliderMetadata, read_safetensors_header
+from peft_slider.testing.tiny_pipelines import build_tiny_pipeline, capture_denoiser_inputs, tiny_call_kwargs
 from tests.hub_server import StandInHub
 
 TOKEN = "hf_stand_in_write_token"

@@ -17,9 +17,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from peft_slider import SliderLoraConfig
-from peft_slider.export import save_slider
-from peft_slider.full_size import build_meta_model
-from peft_slider.kohya import (
+from peft_slider.formats.export import save_slider
+from peft_slider.formats.kohya import (
     COMFYUI_LAYOUTS,
     from_comfyui_transformer,
     from_kohya,
@@ -27,7 +26,8 @@ from peft_slider.kohya import (
     to_kohya,
     unet_module_name,
 )
-from peft_slider.tiny_pipelines import build_tiny_pipeline, denoiser_of
+from peft_slider.targeting.full_size import build_meta_model
+from peft_slider.testing.tiny_pipelines import build_tiny_pipeline, denoiser_of
 
 # Per config: how the kohya alpha must relate to PEFT's (r, lora_alpha) so that alpha / rank is PEFT's scaling.
 CONFIGS = {
@@ -204,7 +204,7 @@ def test_layouts_and_loaders_come_from_the_architecture_table():
     pipelines load the denoiser under the row's `component`."""
     import diffusers.loaders.lora_pipeline as lora_pipeline
 
-    from peft_slider.architectures import ARCHITECTURES
+    from peft_slider.targeting.architectures import ARCHITECTURES
 
     assert COMFYUI_LAYOUTS == {name: row.comfyui_layout for name, row in ARCHITECTURES.items() if row.comfyui_layout}
     assert set(COMFYUI_LAYOUTS.values()) == {"kohya", "transformer"}

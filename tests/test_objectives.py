@@ -1,5 +1,5 @@
 # Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
-"""Tests for peft_slider.objectives: noise and targets per family, and what neutral batches train.
+"""Tests for peft_slider.training.objectives: noise and targets per family, and what neutral batches train.
 
 The DDPM and flow-matching forward processes are checked against diffusers' own schedulers (`add_noise`,
 `get_velocity`, `scale_noise`), which the module itself never imports. The neutral-batch claims are checked on real
@@ -25,7 +25,7 @@ from diffusers import (
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from peft_slider.objectives import (
+from peft_slider.training.objectives import (
     NEUTRAL_OBJECTIVES,
     EpsilonObjective,
     FlowMatchingObjective,
@@ -36,8 +36,8 @@ from peft_slider.objectives import (
     neutral_strength,
     objective_from_scheduler,
 )
-from peft_slider.sampler import SliderBackend
-from peft_slider.scaling import SliderScaler
+from peft_slider.training.sampler import SliderBackend
+from peft_slider.training.scaling import SliderScaler
 
 # Float32 comparisons of the same formula computed two ways: torch's default float32 tolerances
 # (rtol 1.3e-6, atol 1e-5).

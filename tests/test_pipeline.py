@@ -1,5 +1,5 @@
 # Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
-"""Tests for peft_slider.pipeline: strengths on real tiny pipelines (SD 1.5, Flux, Z-Image), checked against diffusers.
+"""Tests for peft_slider.inference.pipeline: strengths on real tiny pipelines (SD 1.5, Flux, Z-Image), checked against diffusers.
 
 Every pipeline's denoiser carries two random-weight slider adapters (`init_lora_weights=False`, `lora_alpha != r`, so
 a wrong scale shows): "smile" and "age". Each test first sets the adapters with diffusers' own `pipe.set_adapters`.
@@ -18,8 +18,8 @@ from diffusers import FluxPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from peft_slider import SliderLoraConfig
-from peft_slider.pipeline import SliderPipelineMixin, enable_sliders
-from peft_slider.tiny_pipelines import build_tiny_pipeline, denoiser_of, tiny_call_kwargs
+from peft_slider.inference.pipeline import SliderPipelineMixin, enable_sliders
+from peft_slider.testing.tiny_pipelines import build_tiny_pipeline, denoiser_of, tiny_call_kwargs
 
 FAMILIES = ("sd15", "flux", "zimage")
 PROMPT = "a portrait photo of a smiling woman"

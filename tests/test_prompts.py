@@ -1,5 +1,5 @@
 # Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
-"""Tests for peft_slider.prompts: the prompt-library format, its checks and its error messages."""
+"""Tests for peft_slider.inference.prompts: the prompt-library format, its checks and its error messages."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peft_slider.prompts import PromptEntry, check_strength, load_prompt_library
+from peft_slider.inference.prompts import PromptEntry, check_strength, load_prompt_library
 
 # Accepted forms: source -> the entries expected, written out by hand.
 FORMATS = [

@@ -19,8 +19,8 @@ from accelerate.data_loader import BatchSamplerShard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import peft_slider.sampler as sampler_module
-from peft_slider.sampler import SliderBackend, SliderBatchSampler, slider_group
+import peft_slider.training.sampler as sampler_module
+from peft_slider.training.sampler import SliderBackend, SliderBatchSampler, slider_group
 
 GROUP_ORDER = ["positive", "negative", "neutral"]
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -27,7 +27,7 @@ def _dataset():
     import torch
     from torch.utils.data import Dataset
 
-    from peft_slider.data import SliderConcatDataset, SliderDataset
+    from peft_slider.training.data import SliderConcatDataset, SliderDataset
 
     class GlobalIndex(Dataset):
         def __init__(self, offset, size):
@@ -53,8 +53,8 @@ def _run_rank(rank: int, out_dir: str):
     import torch.distributed as dist
     from torch.utils.data import DataLoader
 
-    from peft_slider.data import batch_strength
-    from peft_slider.sampler import SliderBatchSampler
+    from peft_slider.training.data import batch_strength
+    from peft_slider.training.sampler import SliderBatchSampler
 
     warnings.filterwarnings("ignore", message="Slider buckets are unbalanced")
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)

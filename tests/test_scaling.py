@@ -1,5 +1,5 @@
 # Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
-"""Tests for peft_slider.scaling: signed slider strength, exact restore, per-sample strengths.
+"""Tests for peft_slider.training.scaling: signed slider strength, exact restore, per-sample strengths.
 
 Models are real and tiny: a PEFT-wrapped MLP (also with frames folded into the batch), and diffusers'
 UNet2DConditionModel and FluxTransformer2DModel built from small configs, carrying adapters through diffusers'
@@ -21,9 +21,9 @@ from peft import LoHaConfig, LoKrConfig, LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from peft_slider import scaling
-from peft_slider.adapters import activate_adapters
-from peft_slider.scaling import SliderScaler, slider_strength
+from peft_slider.training import scaling
+from peft_slider.training.adapters import activate_adapters
+from peft_slider.training.scaling import SliderScaler, slider_strength
 
 VARIANTS = ("lora", "lokr", "loha")
 MLP_TARGETS = ["fc1", "fc2"]

@@ -10,15 +10,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from peft_slider import (
-    ARCHITECTURES,
-    SliderLoHaConfig,
-    SliderLoKrConfig,
-    SliderLoraConfig,
-    make_full_rank_trainable,
-    tiny_pipelines,
-)
-from peft_slider.targets import (
+from peft_slider import SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig
+from peft_slider.targeting.architectures import ARCHITECTURES
+from peft_slider.targeting.full_rank import make_full_rank_trainable
+from peft_slider.targeting.targets import (
     DENOISER_ATTRIBUTES,
     TargetingError,
     denoiser_attr,
@@ -28,7 +23,8 @@ from peft_slider.targets import (
     text_path_modules,
     unwrap_denoiser,
 )
-from peft_slider.tiny_pipelines import build_tiny_pipeline
+from peft_slider.testing import tiny_pipelines
+from peft_slider.testing.tiny_pipelines import build_tiny_pipeline
 from tests.denoisers import DENOISERS
 
 CASES = sorted(DENOISERS)

@@ -5,8 +5,8 @@ import torch
 from diffusers import DiffusionPipeline
 from peft import LoraConfig
 
-from peft_slider import tiny_pipelines
-from peft_slider.tiny_pipelines import (
+from peft_slider.testing import tiny_pipelines
+from peft_slider.testing.tiny_pipelines import (
     TINY_FAMILIES,
     build_tiny_pipeline,
     capture_denoiser_inputs,

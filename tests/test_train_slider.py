@@ -29,8 +29,8 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
-from peft_slider.objectives import NoisyBatch
-from peft_slider.tiny_pipelines import build_tiny_pipeline, capture_denoiser_inputs, save_tiny_pipeline
+from peft_slider.testing.tiny_pipelines import build_tiny_pipeline, capture_denoiser_inputs, save_tiny_pipeline
+from peft_slider.training.objectives import NoisyBatch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "train_slider"
@@ -403,8 +403,8 @@ def test_default_run_learns_a_signed_monotonic_direction(tmp_path, monkeypatch):
 
 
 def test_two_process_gloo_run_trains_the_planned_strengths(tmp_path):
-    from peft_slider.data import SliderConcatDataset, load_simpletuner_backends
-    from peft_slider.sampler import SliderBatchSampler
+    from peft_slider.training.data import SliderConcatDataset, load_simpletuner_backends
+    from peft_slider.training.sampler import SliderBatchSampler
 
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [

@@ -3,7 +3,7 @@
 
 A row says where the denoiser is, how captions become the cached text embeddings the denoiser takes, and how to call
 the denoiser on a batch of noisy latents so that it returns a prediction shaped like the latents, in the convention of
-the family's objective (`peft_slider.objectives`). Everything else in the trainer is family-agnostic: adding a family
+the family's objective (`peft_slider.training.objectives`). Everything else in the trainer is family-agnostic: adding a family
 is adding a row (and a tiny pipeline to the smoke test).
 
 The calls mirror what each pipeline's own `__call__` does in diffusers 0.42 (pipelines/*/pipeline_*.py):
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from peft_slider.objectives import NoisyBatch
+from peft_slider.training import NoisyBatch
 
 # A batch of cached text embeddings: name -> a (batch, ...) tensor, or a list of per-sample tensors (Z-Image's
 # variable-length caption features).

@@ -101,7 +101,7 @@ def write_toy_dataset(folder: str | Path, *, images_per_bucket: int = 8, resolut
 
 
 def _load_images(dataloader_config: Path, resolution: int) -> tuple[torch.Tensor, list[str], list[float]]:
-    from peft_slider.data import SliderConcatDataset, load_simpletuner_backends
+    from peft_slider.training import SliderConcatDataset, load_simpletuner_backends
 
     dataset = SliderConcatDataset(load_simpletuner_backends(dataloader_config, resolution=resolution))
     samples = [dataset[i] for i in range(len(dataset))]
@@ -170,8 +170,8 @@ def build_toy_base(
     """
     from families import collate_conditioning, encode_images, family_of, split_conditioning
 
-    from peft_slider.objectives import objective_from_scheduler
-    from peft_slider.tiny_pipelines import build_tiny_pipeline, tiny_call_kwargs
+    from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
+    from peft_slider.training import objective_from_scheduler
 
     pipe = build_tiny_pipeline(family_name, seed=seed)
     family = family_of(pipe)
@@ -240,8 +240,8 @@ def sweep_outputs(
     """
     from families import family_of
 
-    from peft_slider.adapters import adapter_names as model_adapter_names
-    from peft_slider.pipeline import enable_sliders
+    from peft_slider.inference import enable_sliders
+    from peft_slider.training.adapters import adapter_names as model_adapter_names
 
     family = family_of(pipe)
     has_adapters = bool(model_adapter_names(getattr(pipe, family.denoiser)))

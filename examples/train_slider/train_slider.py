@@ -37,7 +37,7 @@ from families import (  # noqa: E402
     split_conditioning,
 )
 
-from peft_slider.objectives import NEUTRAL_OBJECTIVES, NeutralObjective  # noqa: E402
+from peft_slider.training import NEUTRAL_OBJECTIVES, NeutralObjective  # noqa: E402
 
 logger = logging.getLogger("train_slider")
 
@@ -209,7 +209,10 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
     val = parser.add_argument_group("validation")
     val.add_argument(
-        "--validation_prompts", type=str, default=None, help="Prompt library JSON (peft_slider.prompts format)."
+        "--validation_prompts",
+        type=str,
+        default=None,
+        help="Prompt library JSON (peft_slider.inference.prompts format).",
     )
     val.add_argument(
         "--validation_steps", type=int, default=None, help="Render the sweep every N steps (default: at the end)."
@@ -439,10 +442,8 @@ def render_sweep(pipe: Any, family: Family, args: argparse.Namespace, path: Path
     """A grid of the validation prompts (rows) at the validation strengths (columns), through the pipeline mixin."""
     if not args.validation_prompts:
         return None
-    from peft_slider.adapters import activate_adapters
-    from peft_slider.grid import format_strength, save_sweep_grid
-    from peft_slider.pipeline import enable_sliders
-    from peft_slider.prompts import load_prompt_library
+    from peft_slider.inference import enable_sliders, format_strength, load_prompt_library, save_sweep_grid
+    from peft_slider.training import activate_adapters
 
     entries = load_prompt_library(args.validation_prompts)
     enable_sliders(pipe)
@@ -572,7 +573,7 @@ class SliderTraining:
         if args.max_sequence_length is None:
             args.max_sequence_length = self.family.max_sequence_length
             if args.toy_model and self.family.max_sequence_length is not None:
-                from peft_slider.tiny_pipelines import tiny_call_kwargs
+                from peft_slider.testing import tiny_call_kwargs
 
                 args.max_sequence_length = tiny_call_kwargs(args.tiny_family)["max_sequence_length"]
         pipe.set_progress_bar_config(disable=True)
@@ -586,8 +587,7 @@ class SliderTraining:
 
     def _add_slider(self) -> None:
         from peft_slider import SliderLoraConfig
-        from peft_slider.adapters import activate_adapters, add_assistant_adapter
-        from peft_slider.scaling import SliderScaler
+        from peft_slider.training import SliderScaler, activate_adapters, add_assistant_adapter
 
         args, denoiser = self.args, self.denoiser
         config = SliderLoraConfig(
@@ -609,9 +609,13 @@ class SliderTraining:
         self.scaler = SliderScaler(denoiser, adapter_names=args.adapter_name)
 
     def _load_data(self) -> None:
-        from peft_slider.data import SliderConcatDataset, load_simpletuner_backends
-        from peft_slider.objectives import is_flow_matching_scheduler, objective_from_scheduler
-        from peft_slider.sampler import SliderBatchSampler
+        from peft_slider.training import (
+            SliderBatchSampler,
+            SliderConcatDataset,
+            is_flow_matching_scheduler,
+            load_simpletuner_backends,
+            objective_from_scheduler,
+        )
 
         args, accelerator = self.args, self.accelerator
         backends = load_simpletuner_backends(
@@ -725,7 +729,7 @@ class SliderTraining:
     def train(self) -> None:
         from tqdm.auto import tqdm
 
-        from peft_slider.data import batch_strength
+        from peft_slider.training import batch_strength
 
         args, accelerator, state, sampler = self.args, self.accelerator, self.state, self.sampler
         resume_epoch = self.resume()
@@ -825,7 +829,7 @@ class SliderTraining:
     # ------------------------------------------------------------------------------------------------------- output
 
     def metadata(self):
-        from peft_slider.metadata import SliderMetadata
+        from peft_slider.formats import SliderMetadata
 
         args, backends = self.args, self.dataset.backends
         strengths = sorted({b.strength for b in backends if b.strength != 0})
@@ -845,7 +849,7 @@ class SliderTraining:
 
     def save(self) -> TrainResult:
         """The final checkpoint, the slider (diffusers + PEFT formats, with metadata), the sweep image, the hub."""
-        from peft_slider.export import save_slider
+        from peft_slider.formats import save_slider
 
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()
@@ -950,7 +954,7 @@ def _toy_statistic(pipe: Any, args: argparse.Namespace, family: Family) -> dict[
 
 def _push(output_dir: Path, result: TrainResult, metadata, args: argparse.Namespace) -> None:
     """Upload only the slider files, the sweep image and a model card (not checkpoints or the toy data)."""
-    from peft_slider.hub import push_slider_to_hub, write_model_card
+    from peft_slider.formats import push_slider_to_hub, write_model_card
 
     with tempfile.TemporaryDirectory() as staging:
         for path in result.slider_files.values():
