@@ -7,9 +7,9 @@ Formats:
   `unet.<module>...` or `transformer.<module>...`, the LoRA config under the `lora_adapter_metadata` header key), so
   `pipe.load_lora_weights(folder)` loads it at the trained scale. A raw PEFT file does not load there.
 - ``"peft"``: `adapter_config.json` + `adapter_model.safetensors`, for `PeftModel.from_pretrained`.
-- ``"comfyui"``: one `.safetensors` file in the layout ComfyUI/A1111 read for the family (see `peft_slider.kohya`).
+- ``"comfyui"``: one `.safetensors` file in the layout ComfyUI/A1111 read for the family (see `peft_slider.formats.kohya`).
 
-Every file carries the slider metadata (`peft_slider.*` header keys, see `peft_slider.metadata`), next to and never
+Every file carries the slider metadata (`peft_slider.*` header keys, see `peft_slider.formats.metadata`), next to and never
 inside `lora_adapter_metadata`, so diffusers' `LoraConfig(**metadata)` still works.
 """
 
@@ -474,9 +474,8 @@ def save_slider(
     >>> import tempfile
     >>> from diffusers import DiffusionPipeline
     >>> from peft_slider import SliderLoraConfig
-    >>> from peft_slider.export import save_slider
-    >>> from peft_slider.metadata import SliderMetadata
-    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> from peft_slider.formats import SliderMetadata, save_slider
+    >>> from peft_slider.testing import build_tiny_pipeline
     >>> pipe = build_tiny_pipeline("flux")
     >>> pipe.transformer.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, model=pipe.transformer), adapter_name="smile")
     >>> with tempfile.TemporaryDirectory() as folder:
@@ -528,8 +527,8 @@ def read_slider(
     ```py
     >>> import tempfile
     >>> from peft_slider import SliderLoraConfig
-    >>> from peft_slider.export import read_slider, save_slider
-    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> from peft_slider.formats import read_slider, save_slider
+    >>> from peft_slider.testing import build_tiny_pipeline
     >>> pipe = build_tiny_pipeline("sd15")
     >>> pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, model=pipe.unet))
     >>> with tempfile.TemporaryDirectory() as folder:
@@ -723,8 +722,8 @@ def load_slider(
     ```py
     >>> import tempfile
     >>> from peft_slider import SliderLoraConfig
-    >>> from peft_slider.export import load_slider, save_slider
-    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> from peft_slider.formats import load_slider, save_slider
+    >>> from peft_slider.testing import build_tiny_pipeline
     >>> pipe = build_tiny_pipeline("sdxl")
     >>> pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, model=pipe.unet), adapter_name="age")
     >>> other = build_tiny_pipeline("sdxl")
@@ -820,8 +819,8 @@ def convert_slider(
     ```py
     >>> import tempfile
     >>> from peft_slider import SliderLoraConfig
-    >>> from peft_slider.export import convert_slider, read_slider, save_slider
-    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> from peft_slider.formats import convert_slider, read_slider, save_slider
+    >>> from peft_slider.testing import build_tiny_pipeline
     >>> pipe = build_tiny_pipeline("zimage")
     >>> pipe.transformer.add_adapter(SliderLoraConfig(r=4, lora_alpha=2, model=pipe.transformer))
     >>> with tempfile.TemporaryDirectory() as folder:

@@ -65,7 +65,7 @@ def _usage(metadata: SliderMetadata, repo_id: str, *, comfyui_file: str | None) 
         "With peft_slider (any of the formats in this repo, checked before anything is loaded):",
         "",
         "```python",
-        "from peft_slider.export import load_slider",
+        "from peft_slider import load_slider",
         "",
         f'load_slider(pipe, "{repo_id}", adapter_name="slider", strength={high:g})',
         "```",
@@ -114,8 +114,7 @@ def build_model_card(
     Example:
 
     ```py
-    >>> from peft_slider.hub import build_model_card
-    >>> from peft_slider.metadata import SliderMetadata
+    >>> from peft_slider.formats import SliderMetadata, build_model_card
     >>> card = build_model_card(
     ...     SliderMetadata(concept="smiling", base_model="black-forest-labs/FLUX.1-dev", architecture="flux",
     ...                    recommended_range=(-2, 2)), repo_id="me/smile-slider")
@@ -342,7 +341,7 @@ def download_slider(
     try:
         files = api.list_repo_files(repo_id, revision=revision)
         if weight_name is None:
-            # The same choice as for a local folder (peft_slider.export).
+            # The same choice as for a local folder (peft_slider.formats.files).
             candidates = weight_candidates(files)
             if len(candidates) != 1:
                 raise HubError(

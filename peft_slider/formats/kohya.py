@@ -16,7 +16,7 @@ Two layouts, chosen per denoiser class by `COMFYUI_LAYOUTS`:
   trained scale.
 
 Nothing here imports diffusers or PEFT; inputs and outputs are plain `{key: tensor}` dicts. Which family uses which
-layout is the architecture table's `comfyui_layout` (`peft_slider.architectures`).
+layout is the architecture table's `comfyui_layout` (`peft_slider.targeting.architectures`).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def kohya_module_name(module_name: str, *, prefix: str = KOHYA_UNET_PREFIX) -> s
     Example:
 
     ```py
-    >>> from peft_slider.kohya import kohya_module_name
+    >>> from peft_slider.formats import kohya_module_name
     >>> kohya_module_name("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0")
     'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0'
     ```
@@ -115,7 +115,7 @@ def unet_module_name(kohya_name: str, *, module_names: Iterable[str] | None = No
     Example:
 
     ```py
-    >>> from peft_slider.kohya import unet_module_name
+    >>> from peft_slider.formats import unet_module_name
     >>> unet_module_name("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_out_0")
     'mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0'
     ```
@@ -180,7 +180,7 @@ def to_kohya(
 
     ```py
     >>> import torch
-    >>> from peft_slider.kohya import to_kohya
+    >>> from peft_slider.formats import to_kohya
     >>> sd = {"conv_in.lora_A.weight": torch.ones(4, 3), "conv_in.lora_B.weight": torch.ones(5, 4)}
     >>> sorted(to_kohya(sd, {"conv_in": 8.0}))
     ['lora_unet_conv_in.alpha', 'lora_unet_conv_in.lora_down.weight', 'lora_unet_conv_in.lora_up.weight']
@@ -263,7 +263,7 @@ def to_comfyui_transformer(
 
     ```py
     >>> import torch
-    >>> from peft_slider.kohya import to_comfyui_transformer
+    >>> from peft_slider.formats import to_comfyui_transformer
     >>> sd = {"proj_out.lora_A.weight": torch.ones(2, 3), "proj_out.lora_B.weight": torch.ones(3, 2)}
     >>> to_comfyui_transformer(sd, {"proj_out": 0.5})["transformer.proj_out.lora_B.weight"][0, 0].item()
     0.5

@@ -92,7 +92,7 @@ class SliderMetadata:
     Example:
 
     ```py
-    >>> from peft_slider.metadata import SliderMetadata
+    >>> from peft_slider.formats import SliderMetadata
     >>> metadata = SliderMetadata(concept="smiling", architecture="flux", recommended_range=(-2, 2))
     >>> header = metadata.to_header()
     >>> header["peft_slider.architecture"]
@@ -211,7 +211,7 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, str]:
     ```py
     >>> import tempfile, torch
     >>> from safetensors.torch import save_file
-    >>> from peft_slider.metadata import read_safetensors_header
+    >>> from peft_slider.formats import read_safetensors_header
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     save_file({"x": torch.zeros(1)}, f"{folder}/a.safetensors", metadata={"peft_slider.concept": '"age"'})
     ...     read_safetensors_header(f"{folder}/a.safetensors")["peft_slider.concept"]

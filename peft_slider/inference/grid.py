@@ -42,7 +42,7 @@ def format_strength(strength: float | dict[str, float]) -> str:
     Example:
 
     ```py
-    >>> from peft_slider.grid import format_strength
+    >>> from peft_slider.inference import format_strength
     >>> [format_strength(s) for s in (-2.0, 0.0, 0.5, 1.25)]
     ['-2', '0', '+0.5', '+1.25']
     >>> format_strength({"smile": 1.0, "age": -0.5})
@@ -141,7 +141,7 @@ def make_sweep_grid(
 
     ```py
     >>> from PIL import Image
-    >>> from peft_slider.grid import make_sweep_grid
+    >>> from peft_slider.inference import make_sweep_grid
     >>> cells = [[Image.new("RGB", (32, 32), (40 * c, 0, 0)) for c in range(3)] for _ in range(2)]
     >>> grid = make_sweep_grid(cells, row_labels=["a cat", "a dog"], column_labels=["-1", "0", "+1"])
     >>> grid.width > 3 * 32 and grid.height > 2 * 32
@@ -230,7 +230,7 @@ def save_sweep_grid(grid_or_images: Image.Image | Sequence[Sequence[Any]], path:
     ```py
     >>> import os, tempfile
     >>> from PIL import Image
-    >>> from peft_slider.grid import save_sweep_grid
+    >>> from peft_slider.inference import save_sweep_grid
     >>> cells = [[Image.new("RGB", (16, 16), "red"), Image.new("RGB", (16, 16), "blue")]]
     >>> path = save_sweep_grid(cells, os.path.join(tempfile.mkdtemp(), "sweep"), column_labels=["-1", "+1"])
     >>> Image.open(path).text["peft_slider"]

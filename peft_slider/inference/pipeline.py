@@ -5,7 +5,7 @@
 already have; the pipeline's own `__call__` is untouched.
 
 - `generate_at(prompt, strength=...)`: one call at a strength, then the adapters exactly as they were.
-- `generate_library(library)`: a prompt library ([`~peft_slider.prompts.load_prompt_library`]), each entry at its own
+- `generate_library(library)`: a prompt library ([`~peft_slider.inference.load_prompt_library`]), each entry at its own
   strength, images keyed by name.
 - `sweep(prompt, [-2, -1, 0, 1, 2])`: one prompt and seed at several strengths, by default in a single batched pass
   (one strength per sample), instead of one pipeline call per strength.
@@ -405,8 +405,8 @@ class SliderPipelineMixin:
     ```py
     >>> from diffusers import FluxPipeline
     >>> from peft_slider import SliderLoraConfig
-    >>> from peft_slider.pipeline import SliderPipelineMixin
-    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline, tiny_call_kwargs
+    >>> from peft_slider.inference import SliderPipelineMixin
+    >>> from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
     >>> class SliderFluxPipeline(SliderPipelineMixin, FluxPipeline):
     ...     pass
     >>> pipe = SliderFluxPipeline(**build_tiny_pipeline("flux").components)
@@ -452,8 +452,8 @@ class SliderPipelineMixin:
         ```py
         >>> import torch
         >>> from peft_slider import SliderLoraConfig
-        >>> from peft_slider.pipeline import enable_sliders
-        >>> from peft_slider.tiny_pipelines import build_tiny_pipeline, tiny_call_kwargs
+        >>> from peft_slider.inference import enable_sliders
+        >>> from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
         >>> pipe = enable_sliders(build_tiny_pipeline("flux"))
         >>> pipe.transformer.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, init_lora_weights=False), adapter_name="smile")
         >>> out = pipe.generate_at("a photo of a woman", strength=-1.5, generator=torch.Generator().manual_seed(0),
@@ -490,8 +490,8 @@ class SliderPipelineMixin:
 
         Args:
             library (`str`, `os.PathLike`, `dict` or `list`):
-                A JSON file or its data, as [`~peft_slider.prompts.load_prompt_library`] reads it, or a list of
-                [`~peft_slider.prompts.PromptEntry`].
+                A JSON file or its data, as [`~peft_slider.inference.load_prompt_library`] reads it, or a list of
+                [`~peft_slider.inference.PromptEntry`].
             strength (`float` or `dict[str, float]`, *optional*):
                 The global strength, for entries without `adapter_strength`. `None` runs them with the adapters as
                 they are (the weights of your last `set_adapters`).
@@ -511,8 +511,8 @@ class SliderPipelineMixin:
 
         ```py
         >>> from peft_slider import SliderLoraConfig
-        >>> from peft_slider.pipeline import enable_sliders
-        >>> from peft_slider.tiny_pipelines import build_tiny_pipeline, tiny_call_kwargs
+        >>> from peft_slider.inference import enable_sliders
+        >>> from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
         >>> pipe = enable_sliders(build_tiny_pipeline("sd15"))
         >>> pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, init_lora_weights=False), adapter_name="smile")
         >>> library = {
@@ -615,8 +615,8 @@ class SliderPipelineMixin:
 
         ```py
         >>> from peft_slider import SliderLoraConfig
-        >>> from peft_slider.pipeline import enable_sliders
-        >>> from peft_slider.tiny_pipelines import build_tiny_pipeline, tiny_call_kwargs
+        >>> from peft_slider.inference import enable_sliders
+        >>> from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
         >>> pipe = enable_sliders(build_tiny_pipeline("flux"))
         >>> pipe.transformer.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, init_lora_weights=False), adapter_name="smile")
         >>> images = pipe.sweep("a photo of a woman", [-2, -1, 0, 1, 2], slider_start=0.5, **tiny_call_kwargs("flux"))
@@ -708,7 +708,7 @@ class SliderPipelineMixin:
             title (`str`, *optional*):
                 A line of text above the grid.
             path (`str`, *optional*):
-                Where to save the PNG (see [`~peft_slider.grid.save_sweep_grid`]).
+                Where to save the PNG (see [`~peft_slider.inference.save_sweep_grid`]).
             **call_kwargs:
                 Further pipeline arguments.
 
@@ -719,8 +719,8 @@ class SliderPipelineMixin:
 
         ```py
         >>> from peft_slider import SliderLoraConfig
-        >>> from peft_slider.pipeline import enable_sliders
-        >>> from peft_slider.tiny_pipelines import build_tiny_pipeline, tiny_call_kwargs
+        >>> from peft_slider.inference import enable_sliders
+        >>> from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
         >>> pipe = enable_sliders(build_tiny_pipeline("sd15"))
         >>> pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, init_lora_weights=False), adapter_name="smile")
         >>> grid = pipe.sweep_grid(["a photo of a woman", "a photo of a man"], [-1, 0, 1], **tiny_call_kwargs("sd15"))
@@ -790,8 +790,8 @@ def enable_sliders(pipe: Any) -> Any:
 
     ```py
     >>> from diffusers import FluxPipeline
-    >>> from peft_slider.pipeline import SliderPipelineMixin, enable_sliders
-    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> from peft_slider.inference import SliderPipelineMixin, enable_sliders
+    >>> from peft_slider.testing import build_tiny_pipeline
     >>> pipe = enable_sliders(build_tiny_pipeline("flux"))
     >>> isinstance(pipe, FluxPipeline), isinstance(pipe, SliderPipelineMixin), type(pipe).__name__
     (True, True, 'FluxPipeline')

@@ -56,7 +56,7 @@ class PromptEntry:
     Example:
 
     ```py
-    >>> from peft_slider.prompts import PromptEntry
+    >>> from peft_slider.inference import PromptEntry
     >>> PromptEntry("slider_plus", "a portrait photo", strength=1.2)
     PromptEntry(name='slider_plus', prompt='a portrait photo', strength=1.2, negative_prompt=None, seed=None)
 
@@ -96,7 +96,7 @@ def check_strength(value: Any, *, where: str) -> float | dict[str, float]:
     Example:
 
     ```py
-    >>> from peft_slider.prompts import check_strength
+    >>> from peft_slider.inference.prompts import check_strength
     >>> check_strength({"smile": 1, "age": -0.5}, where="`strength`")
     {'smile': 1.0, 'age': -0.5}
     >>> check_strength("high", where="`strength`")
@@ -220,7 +220,7 @@ def load_prompt_library(
     Example:
 
     ```py
-    >>> from peft_slider.prompts import load_prompt_library
+    >>> from peft_slider.inference import load_prompt_library
     >>> library = load_prompt_library(
     ...     {
     ...         "plain": "a portrait photo",

@@ -1,7 +1,7 @@
 """The architecture table: which modules of each diffusers denoiser a slider adapts, as data.
 
 One row per diffusers model class. Each row holds regular expressions that are `re.fullmatch`ed against full module
-names (PEFT's semantics for a string `target_modules`). Code that reads the table (`peft_slider.targets`) knows
+names (PEFT's semantics for a string `target_modules`). Code that reads the table (`peft_slider.targeting.targets`) knows
 nothing about any family; adding a family is adding a row here and a case to the tests.
 
 Rule roles:
@@ -82,7 +82,7 @@ class ArchitectureSpec:
             the model's pipelines, whose `save_lora_weights` writes the file `pipe.load_lora_weights` reads; `None`
             where diffusers has no pipeline LoRA loader for the class.
         comfyui_layout (`str`, *optional*): The key layout ComfyUI / A1111 read for the family (see
-            `peft_slider.kohya`): ``"kohya"`` (`lora_unet_...` keys), ``"transformer"`` (`transformer.<module>` keys)
+            `peft_slider.formats.kohya`): ``"kohya"`` (`lora_unet_...` keys), ``"transformer"`` (`transformer.<module>` keys)
             or `None` where ComfyUI reads only the original (non-diffusers) naming.
         video (`bool`, *optional*, defaults to `False`): A video model (model cards say `text-to-video`).
         hub_tag (`str`, *optional*): The family tag of model cards; defaults to the first alias.

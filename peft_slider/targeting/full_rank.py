@@ -35,7 +35,7 @@ def make_full_rank_trainable(
     ```py
     >>> import torch
     >>> from diffusers import SanaTransformer2DModel
-    >>> from peft_slider import make_full_rank_trainable
+    >>> from peft_slider.targeting import make_full_rank_trainable
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> sana = SanaTransformer2DModel(num_layers=1, num_attention_heads=2, attention_head_dim=4,

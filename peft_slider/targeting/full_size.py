@@ -78,7 +78,7 @@ def build_meta_model(name: str) -> tuple[nn.Module, str]:
     Example:
 
     ```py
-    >>> from peft_slider.full_size import build_meta_model
+    >>> from peft_slider.targeting import build_meta_model
     >>> model, description = build_meta_model("flux")
     >>> len(model.single_transformer_blocks), next(model.parameters()).device.type
     (38, 'meta')

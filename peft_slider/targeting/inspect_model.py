@@ -128,7 +128,7 @@ def inspect_report(
     Example:
 
     ```py
-    >>> from peft_slider.inspect_model import inspect_report, load_meta_model
+    >>> from peft_slider.targeting import inspect_report, load_meta_model
     >>> model, _ = load_meta_model("flux")
     >>> report = inspect_report(model, rank=16)
     >>> report["scopes"]["visual"]["modules"], report["scopes"]["joint"]["modules"]

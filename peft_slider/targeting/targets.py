@@ -100,7 +100,7 @@ def find_architecture(obj: object) -> ArchitectureSpec:
     Example:
 
     ```py
-    >>> from peft_slider.targets import find_architecture
+    >>> from peft_slider.targeting import find_architecture
     >>> find_architecture("flux").class_name
     'FluxTransformer2DModel'
     ```
@@ -145,8 +145,8 @@ def denoiser_attr(pipe: object) -> str:
     Example:
 
     ```py
-    >>> from peft_slider.targets import denoiser_attr
-    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> from peft_slider.targeting import denoiser_attr
+    >>> from peft_slider.testing import build_tiny_pipeline
     >>> denoiser_attr(build_tiny_pipeline("sd15"))
     'unet'
 
@@ -172,8 +172,8 @@ def denoiser_of(pipe: object) -> nn.Module:
     Example:
 
     ```py
-    >>> from peft_slider.targets import denoiser_of
-    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline
+    >>> from peft_slider.targeting import denoiser_of
+    >>> from peft_slider.testing import build_tiny_pipeline
     >>> type(denoiser_of(build_tiny_pipeline("flux"))).__name__
     'FluxTransformer2DModel'
 
@@ -262,7 +262,7 @@ def resolve_targets(
     ```py
     >>> import torch
     >>> from diffusers import FluxTransformer2DModel
-    >>> from peft_slider.targets import resolve_targets
+    >>> from peft_slider.targeting import resolve_targets
     >>> with torch.device("meta"):
     ...     flux = FluxTransformer2DModel()  # FLUX.1 layout: 19 double + 38 single blocks
     >>> targets = resolve_targets(model=flux)

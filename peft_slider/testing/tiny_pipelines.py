@@ -683,7 +683,7 @@ def build_tiny_pipeline(family: str, *, seed: int = 0, dtype: torch.dtype = torc
 
     ```python
     >>> import torch
-    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline, tiny_call_kwargs
+    >>> from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
     >>> pipe = build_tiny_pipeline("flux")
     >>> image = pipe("a photo of a cat", generator=torch.Generator().manual_seed(0), **tiny_call_kwargs("flux")).images
     >>> tuple(image.shape)
@@ -729,7 +729,7 @@ def save_tiny_pipeline(family: str, path: str | Path, *, seed: int = 0) -> Path:
     ```python
     >>> import tempfile
     >>> from diffusers import DiffusionPipeline
-    >>> from peft_slider.tiny_pipelines import save_tiny_pipeline
+    >>> from peft_slider.testing import save_tiny_pipeline
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     pipe = DiffusionPipeline.from_pretrained(save_tiny_pipeline("sd15", folder))
     >>> type(pipe).__name__
@@ -761,7 +761,7 @@ def tiny_call_kwargs(family: str) -> dict[str, Any]:
     Example:
 
     ```python
-    >>> from peft_slider.tiny_pipelines import tiny_call_kwargs
+    >>> from peft_slider.testing import tiny_call_kwargs
     >>> tiny_call_kwargs("sd15")
     {'height': 32, 'width': 32, 'num_inference_steps': 2, 'output_type': 'pt', 'guidance_scale': 7.5}
 
@@ -807,7 +807,7 @@ def capture_denoiser_inputs(pipe: "DiffusionPipeline", prompt: str | list[str], 
 
     ```python
     >>> import torch
-    >>> from peft_slider.tiny_pipelines import build_tiny_pipeline, capture_denoiser_inputs, denoiser_of, tiny_call_kwargs
+    >>> from peft_slider.testing import build_tiny_pipeline, capture_denoiser_inputs, denoiser_of, tiny_call_kwargs
     >>> pipe = build_tiny_pipeline("sd3")
     >>> inputs = capture_denoiser_inputs(pipe, "a cat", generator=torch.Generator().manual_seed(0), **tiny_call_kwargs("sd3"))
     >>> sorted(inputs)

@@ -147,7 +147,7 @@ def adapter_names(model: nn.Module) -> list[str]:
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.adapters import adapter_names
+    >>> from peft_slider.training import adapter_names
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
     >>> adapter_names(model)
     ['default']
@@ -173,7 +173,7 @@ def slider_adapter_names(model: nn.Module) -> list[str]:
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.adapters import slider_adapter_names
+    >>> from peft_slider.training import slider_adapter_names
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
     >>> slider_adapter_names(model)
     ['default']
@@ -196,7 +196,7 @@ def frozen_adapter_names(model: nn.Module) -> list[str]:
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.adapters import freeze_adapter, frozen_adapter_names
+    >>> from peft_slider.training import freeze_adapter, frozen_adapter_names
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
     >>> freeze_adapter(model, "default")
     >>> frozen_adapter_names(model)
@@ -220,7 +220,7 @@ def active_adapter_names(model: nn.Module) -> list[str]:
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.adapters import active_adapter_names
+    >>> from peft_slider.training import active_adapter_names
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
     >>> active_adapter_names(model)
     ['default']
@@ -283,7 +283,7 @@ def freeze_adapter(model: nn.Module, adapter_name: str) -> None:
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.adapters import freeze_adapter, slider_adapter_names
+    >>> from peft_slider.training import freeze_adapter, slider_adapter_names
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
     >>> freeze_adapter(model, "default")
     >>> slider_adapter_names(model)
@@ -334,7 +334,7 @@ def activate_adapters(
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.adapters import activate_adapters, active_adapter_names, slider_adapter_names
+    >>> from peft_slider.training import activate_adapters, active_adapter_names, slider_adapter_names
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
     >>> model.add_adapter("assistant", LoraConfig(target_modules=["0"]))
     >>> activate_adapters(model, slider="default", frozen=["assistant"])
@@ -363,7 +363,7 @@ def activate_adapters(
 
 def _read_peft_folder(folder: str) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
     """The config (any PEFT method) and weights of a folder written by PEFT's `save_pretrained`."""
-    # The file formats are known once, in peft_slider.export (which imports neither PEFT nor diffusers at load).
+    # The file formats are known once, in peft_slider.formats.files (which imports neither PEFT nor diffusers).
     weights = weights_file(Path(folder), PEFT_WEIGHT_NAME)
     tensors, _ = load_tensors(weights)
     config = PeftConfig.from_peft_type(**read_peft_config(weights, repr(str(weights))))
@@ -371,7 +371,7 @@ def _read_peft_folder(folder: str) -> tuple[PeftConfig, dict[str, torch.Tensor]]
 
 
 def _lora_file_in(folder: str) -> str:
-    """The LoRA file of a diffusers folder, chosen as `peft_slider.export` chooses a slider's file."""
+    """The LoRA file of a diffusers folder, chosen as `peft_slider.formats.files` chooses a slider's file."""
     files = weight_candidates(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)))
     if len(files) == 1:
         return files[0]
@@ -439,7 +439,7 @@ def add_assistant_adapter(
     Loads an adapter beside the existing ones as a frozen, always-active "assistant".
 
     The adapters that were active stay active, with the trainability they had; the assistant is added to them and
-    frozen. Strength scaling ([`~peft_slider.scaling.SliderScaler`]) picks the trainable adapters by default, so the
+    frozen. Strength scaling ([`~peft_slider.training.SliderScaler`]) picks the trainable adapters by default, so the
     assistant is never scaled and never trained. If loading fails, the model is left as it was.
 
     Args:
@@ -470,7 +470,7 @@ def add_assistant_adapter(
     >>> import tempfile
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.adapters import add_assistant_adapter, active_adapter_names, slider_adapter_names
+    >>> from peft_slider.training import add_assistant_adapter, active_adapter_names, slider_adapter_names
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> make = lambda: torch.nn.Sequential(torch.nn.Linear(4, 4))

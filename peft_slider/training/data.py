@@ -62,7 +62,7 @@ class SliderDataset(Dataset):
 
     ```py
     >>> import torch
-    >>> from peft_slider.data import SliderDataset
+    >>> from peft_slider.training import SliderDataset
     >>> more = SliderDataset([torch.zeros(2)] * 3, slider_strength=0.8, name="more")
     >>> more[0]
     {'sample': tensor([0., 0.]), 'slider_strength': 0.8}
@@ -138,8 +138,7 @@ class SliderConcatDataset(ConcatDataset):
     ```py
     >>> import torch
     >>> from torch.utils.data import DataLoader
-    >>> from peft_slider.data import SliderConcatDataset, SliderDataset, batch_strength
-    >>> from peft_slider.sampler import SliderBatchSampler
+    >>> from peft_slider.training import SliderBatchSampler, SliderConcatDataset, SliderDataset, batch_strength
     >>> dataset = SliderConcatDataset([
     ...     SliderDataset(torch.arange(4.0), slider_strength=1.0, name="more"),
     ...     SliderDataset(torch.arange(4.0), slider_strength=-1.0, name="less"),
@@ -183,7 +182,7 @@ def batch_strength(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> fl
 
     ```py
     >>> import torch
-    >>> from peft_slider.data import batch_strength
+    >>> from peft_slider.training import batch_strength
     >>> batch_strength({"pixel_values": torch.zeros(2, 3), "slider_strength": torch.tensor([-0.5, -0.5])})
     -0.5
     ```
@@ -259,7 +258,7 @@ class ImageCaptionFolder(Dataset):
     >>> import tempfile
     >>> from pathlib import Path
     >>> from PIL import Image
-    >>> from peft_slider.data import ImageCaptionFolder
+    >>> from peft_slider.training import ImageCaptionFolder
     >>> folder = Path(tempfile.mkdtemp())
     >>> Image.new("RGB", (48, 32), (255, 0, 0)).save(folder / "red.png")
     >>> _ = (folder / "red.txt").write_text("a red square")
@@ -486,7 +485,7 @@ def load_simpletuner_backends(
     >>> import tempfile
     >>> from pathlib import Path
     >>> from PIL import Image
-    >>> from peft_slider.data import SliderConcatDataset, load_simpletuner_backends
+    >>> from peft_slider.training import SliderConcatDataset, load_simpletuner_backends
     >>> root = Path(tempfile.mkdtemp())
     >>> for folder in ("smile", "frown"):
     ...     (root / folder).mkdir()

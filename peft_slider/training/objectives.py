@@ -176,7 +176,7 @@ class _DDPMObjective(DenoisingObjective):
 
         ```py
         >>> from diffusers import DDPMScheduler
-        >>> from peft_slider.objectives import EpsilonObjective
+        >>> from peft_slider.training import EpsilonObjective
         >>> EpsilonObjective.from_scheduler(DDPMScheduler()).num_train_timesteps
         1000
         ```
@@ -240,7 +240,7 @@ class EpsilonObjective(_DDPMObjective):
 
     ```py
     >>> import torch
-    >>> from peft_slider.objectives import EpsilonObjective
+    >>> from peft_slider.training import EpsilonObjective
     >>> objective = EpsilonObjective(torch.linspace(0.999, 0.01, 1000).cumprod(0).clamp(min=1e-4))
     >>> batch = objective.add_noise(torch.zeros(2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
     >>> torch.equal(batch.target, batch.noise)
@@ -265,7 +265,7 @@ class VPredictionObjective(_DDPMObjective):
 
     ```py
     >>> import torch
-    >>> from peft_slider.objectives import VPredictionObjective
+    >>> from peft_slider.training import VPredictionObjective
     >>> objective = VPredictionObjective([0.9, 0.5, 0.1])
     >>> batch = objective.add_noise(torch.ones(1, 2), noise=torch.zeros(1, 2), timesteps=torch.tensor([1]))
     >>> batch.target  # -sqrt(1 - 0.5) * x0
@@ -305,7 +305,7 @@ class FlowMatchingObjective(DenoisingObjective):
 
     ```py
     >>> import torch
-    >>> from peft_slider.objectives import FlowMatchingObjective
+    >>> from peft_slider.training import FlowMatchingObjective
     >>> objective = FlowMatchingObjective()
     >>> x0, noise = torch.ones(1, 3), torch.zeros(1, 3)
     >>> batch = objective.add_noise(x0, noise=noise, timesteps=torch.tensor([0.25]))
@@ -360,7 +360,7 @@ class FlowMatchingObjective(DenoisingObjective):
 
         ```py
         >>> from diffusers import FlowMatchEulerDiscreteScheduler
-        >>> from peft_slider.objectives import FlowMatchingObjective
+        >>> from peft_slider.training import FlowMatchingObjective
         >>> FlowMatchingObjective.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0)).shift
         3.0
         ```
@@ -415,7 +415,7 @@ def is_flow_matching_scheduler(scheduler: Any) -> bool:
 
     ```py
     >>> from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
-    >>> from peft_slider.objectives import is_flow_matching_scheduler
+    >>> from peft_slider.training import is_flow_matching_scheduler
     >>> is_flow_matching_scheduler(FlowMatchEulerDiscreteScheduler()), is_flow_matching_scheduler(EulerDiscreteScheduler())
     (True, False)
     ```
@@ -445,7 +445,7 @@ def objective_from_scheduler(scheduler: Any, **kwargs: Any) -> DenoisingObjectiv
 
     ```py
     >>> from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
-    >>> from peft_slider.objectives import objective_from_scheduler
+    >>> from peft_slider.training import objective_from_scheduler
     >>> type(objective_from_scheduler(DDIMScheduler(prediction_type="v_prediction"))).__name__
     'VPredictionObjective'
     >>> type(objective_from_scheduler(FlowMatchEulerDiscreteScheduler())).__name__
@@ -493,7 +493,7 @@ def _check_strength(value: Any, name: str) -> float:
     if value is None:
         raise ValueError(
             f"`{name}` is None. Every batch must say its slider strength (a neutral batch says 0.0): read it from "
-            "`SliderBatchSampler.batch_info(step).slider_strength` or `peft_slider.data.batch_strength(batch)`."
+            "`SliderBatchSampler.batch_info(step).slider_strength` or `peft_slider.training.batch_strength(batch)`."
         )
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
@@ -514,8 +514,7 @@ def neutral_strength(backends: Iterable[Any]) -> float:
     Example:
 
     ```py
-    >>> from peft_slider.objectives import neutral_strength
-    >>> from peft_slider.sampler import SliderBackend
+    >>> from peft_slider.training import SliderBackend, neutral_strength
     >>> neutral_strength([SliderBackend(4, slider_strength=1.0), SliderBackend(4, slider_strength=-0.5),
     ...                   SliderBackend(8)])
     0.75
@@ -577,7 +576,7 @@ class NeutralObjective:
     Example:
 
     ```py
-    >>> from peft_slider.objectives import NeutralObjective
+    >>> from peft_slider.training import NeutralObjective
     >>> objective = NeutralObjective("preserve", strength=0.8)
     >>> [objective.step(0.0, neutral_index=i).strength for i in range(3)]
     [0.8, -0.8, 0.8]

@@ -34,7 +34,7 @@ def slider_group(slider_strength: float | None) -> str:
     Example:
 
     ```py
-    >>> from peft_slider.sampler import slider_group
+    >>> from peft_slider.training import slider_group
     >>> [slider_group(s) for s in (0.5, -1, None, 0.0)]
     ['positive', 'negative', 'neutral', 'neutral']
     ```
@@ -63,7 +63,7 @@ class SliderBackend:
     Example:
 
     ```py
-    >>> from peft_slider.sampler import SliderBackend
+    >>> from peft_slider.training import SliderBackend
     >>> backend = SliderBackend(12, slider_strength=-0.5, name="smile_minus")
     >>> backend.num_samples, backend.group, backend.strength
     (12, 'negative', -0.5)
@@ -156,7 +156,7 @@ class SliderBatchSampler(Sampler[list[int]]):
     """Yield batches of indices, each from a single backend, rotating positive -> negative -> neutral.
 
     The indices point into the concatenation of the backends in their given order, as
-    `torch.utils.data.ConcatDataset` (or `peft_slider.data.SliderConcatDataset`) numbers them. Pass the sampler as
+    `torch.utils.data.ConcatDataset` (or `peft_slider.training.SliderConcatDataset`) numbers them. Pass the sampler as
     `DataLoader(dataset, batch_sampler=sampler)`.
 
     How an epoch is drawn: each backend's samples are shuffled and cut into batches. Steps then visit the groups in
@@ -209,7 +209,7 @@ class SliderBatchSampler(Sampler[list[int]]):
     Example:
 
     ```py
-    >>> from peft_slider.sampler import SliderBackend, SliderBatchSampler
+    >>> from peft_slider.training import SliderBackend, SliderBatchSampler
     >>> backends = [
     ...     SliderBackend(4, slider_strength=1.0, name="more"),
     ...     SliderBackend(4, slider_strength=-1.0, name="less"),
@@ -506,7 +506,7 @@ class SliderBatchSampler(Sampler[list[int]]):
         Example:
 
         ```py
-        >>> from peft_slider.sampler import SliderBackend, SliderBatchSampler
+        >>> from peft_slider.training import SliderBackend, SliderBatchSampler
         >>> backends = [SliderBackend(6, slider_strength=1.0), SliderBackend(6, slider_strength=-1.0)]
         >>> sampler = SliderBatchSampler(backends, batch_size=2, seed=3)
         >>> batches = list(sampler)

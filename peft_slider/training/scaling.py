@@ -158,7 +158,7 @@ class SliderScaler:
     adapter is used; with several active adapters `adapter_names` is required. Note that diffusers'
     `load_lora_weights` / `load_lora_adapter` leave every loaded adapter trainable (`requires_grad=True`), so at
     inference name the sliders with `adapter_names`, and freeze an assistant
-    ([`~peft_slider.adapters.freeze_adapter`]).
+    ([`~peft_slider.training.freeze_adapter`]).
 
     Per-sample strengths (a 1-D tensor, one entry per batch element) keep the slider scales at the reference and
     multiply each slider delta by the sample's strength through hooks, so sample `b` gets the output of a pass at
@@ -183,7 +183,7 @@ class SliderScaler:
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.scaling import SliderScaler
+    >>> from peft_slider.training import SliderScaler
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> config = LoraConfig(r=4, lora_alpha=4, target_modules=["0"], init_lora_weights=False)
@@ -246,7 +246,7 @@ class SliderScaler:
         ```py
         >>> import torch
         >>> from peft import LoraConfig, get_peft_model
-        >>> from peft_slider.scaling import SliderScaler
+        >>> from peft_slider.training import SliderScaler
         >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
         >>> scaler = SliderScaler(model)
         >>> model.base_model.model[0].set_scale("default", 0.5)
@@ -325,7 +325,7 @@ class SliderScaler:
         ```py
         >>> import torch
         >>> from peft import LoraConfig, get_peft_model
-        >>> from peft_slider.scaling import SliderScaler
+        >>> from peft_slider.training import SliderScaler
         >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
         >>> scaler = SliderScaler(model)
         >>> scaler.set(-2.0)
@@ -365,7 +365,7 @@ class SliderScaler:
         ```py
         >>> import torch
         >>> from peft import LoraConfig, get_peft_model
-        >>> from peft_slider.scaling import SliderScaler
+        >>> from peft_slider.training import SliderScaler
         >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
         >>> scaler = SliderScaler(model)
         >>> scaler.set(0.0)
@@ -394,7 +394,7 @@ class SliderScaler:
         ```py
         >>> import torch
         >>> from peft import LoraConfig, get_peft_model
-        >>> from peft_slider.scaling import SliderScaler
+        >>> from peft_slider.training import SliderScaler
         >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
         >>> scaler = SliderScaler(model)
         >>> with scaler.at(0.0):
@@ -525,7 +525,7 @@ def slider_strength(
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.scaling import slider_strength
+    >>> from peft_slider.training import slider_strength
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
     >>> with slider_strength(model, -1.0):
     ...     model.base_model.model[0].scaling

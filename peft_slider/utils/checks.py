@@ -32,7 +32,7 @@ def is_real_number(value: Any) -> bool:
     Example:
 
     ```py
-    >>> from peft_slider._checks import is_real_number
+    >>> from peft_slider.utils import is_real_number
     >>> is_real_number(2), is_real_number(True), is_real_number("2")
     (True, False, False)
 
@@ -48,7 +48,7 @@ def is_finite_number(value: Any) -> bool:
 
     ```py
     >>> import numpy as np
-    >>> from peft_slider._checks import is_finite_number
+    >>> from peft_slider.utils import is_finite_number
     >>> is_finite_number(np.float32(0.5)), is_finite_number(float("nan")), is_finite_number(10**400)
     (True, False, True)
 
@@ -74,7 +74,7 @@ def check_finite(value: Any, *, argument: str, expected: str = "a finite number"
     Example:
 
     ```py
-    >>> from peft_slider._checks import check_finite
+    >>> from peft_slider.utils import check_finite
     >>> check_finite(2, argument="slider_start")
     2.0
     >>> check_finite("high", argument="`slider_strength` of backend 'smile_plus'")
@@ -98,7 +98,7 @@ def check_seed(seed: Any, *, argument: str = "seed") -> int:
     Example:
 
     ```py
-    >>> from peft_slider._checks import check_seed
+    >>> from peft_slider.utils import check_seed
     >>> check_seed(3)
     3
     >>> check_seed(-1, argument="seeds")
