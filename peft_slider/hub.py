@@ -479,35 +479,48 @@ def download_slider(
 ) -> Path:
     """Download a slider's weight file (and, for PEFT files, `adapter_config.json`) from the Hub.
 
-    The file is `weight_name`, else `pytorch_lora_weights.safetensors`, else `adapter_model.safetensors`, else the
-    repo's only `.safetensors` file.
+    The file is `weight_name`; else the repo's only `.safetensors` file at its top level; else, when one save wrote
+    them all (their headers, read without downloading the weights, share one `peft_slider.save_id`),
+    `pytorch_lora_weights.safetensors`, else `adapter_model.safetensors`, else the ComfyUI file, as for a local folder.
 
     Returns:
         `pathlib.Path`: the local (cached) weight file.
 
     Raises:
-        `HubError`: offline, unauthenticated, missing repo or file.
+        `HubError`: offline, unauthenticated, missing repo or file, or several slider files not from one save.
     """
     hub = _require_hub()
-    from .export import PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, _weight_candidates
+    from .export import SAVE_ID_KEY, _weight_candidates
 
     api = hub.HfApi(endpoint=endpoint, token=token)
     try:
         files = api.list_repo_files(repo_id, revision=revision)
         if weight_name is None:
-            # The same choice as for a local folder (peft_slider.export).
-            candidates = _weight_candidates(files)
-            if len(candidates) != 1:
-                raise HubError(
-                    f"{repo_id!r} holds {len(candidates)} .safetensors files ({candidates}); pass `weight_name=`."
-                )
-            weight_name = candidates[0]
+            names = sorted(name for name in files if "/" not in name and name.endswith(".safetensors"))
+            if not names:
+                raise HubError(f"{repo_id!r} holds no .safetensors slider file; its files are {sorted(files)}.")
+            if len(names) > 1:
+                # The same rule as for a local folder (peft_slider.export): several files are one slider only when
+                # one save wrote them all.
+                ids = {
+                    name: api.parse_safetensors_file_metadata(repo_id, name, revision=revision).metadata.get(
+                        SAVE_ID_KEY
+                    )
+                    for name in names
+                }
+                if len(set(ids.values())) != 1 or None in ids.values():
+                    raise HubError(
+                        f"{repo_id!r} holds {len(names)} slider files that were not written by one save: {names}. "
+                        "Pass `weight_name=` naming the file you mean."
+                    )
+            weight_name = _weight_candidates(names)[0]
         elif weight_name not in files:
             raise HubError(f"{repo_id!r} has no file {weight_name!r}; its files are {sorted(files)}.")
         kwargs = {"repo_id": repo_id, "revision": revision, "token": token, "endpoint": endpoint}
         path = hub.hf_hub_download(filename=weight_name, **kwargs)
-        if weight_name.endswith(PEFT_WEIGHT_NAME) and PEFT_CONFIG_NAME in files:
-            hub.hf_hub_download(filename=PEFT_CONFIG_NAME, **kwargs)
+        config_name = str(Path(weight_name).with_name(PEFT_CONFIG_NAME).as_posix())
+        if Path(weight_name).name == PEFT_WEIGHT_NAME and config_name in files:
+            hub.hf_hub_download(filename=config_name, **kwargs)
     except HubError:
         raise
     except Exception as error:

@@ -289,6 +289,34 @@ def test_push_uploads_only_the_slider(case, slider_folder, hub, tmp_path):
     assert all(files[name] == (folder / name).read_bytes() for name in expected)
 
 
+def test_loading_from_a_repo_reads_the_file_meant(slider_folder, hub, tmp_path):
+    # A repo whose slider files come from two saves (here a PEFT file uploaded by hand beside a full push) is not
+    # resolved silently to one of them: the user names the file.
+    folder, source = slider_folder
+    push_slider_to_hub(folder, "me/mixed", token=TOKEN, endpoint=hub.url)
+    pipe = build_tiny_pipeline("sd15")
+    pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=2, model=pipe.unet), "other")
+    save_slider(pipe, tmp_path, adapter_name="other", formats=["peft"])
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.upload_file(
+        path_or_fileobj=tmp_path / "adapter_model.safetensors",
+        path_in_repo="adapter_model.safetensors",
+        repo_id="me/mixed",
+    )
+    fresh = build_tiny_pipeline("sd15")
+    with pytest.raises(HubError, match="not written by one save"):
+        load_slider(fresh, "me/mixed", adapter_name="x", token=TOKEN, endpoint=hub.url)
+    load_slider(
+        fresh,
+        "me/mixed",
+        adapter_name="x",
+        weight_name="pytorch_lora_weights.safetensors",
+        token=TOKEN,
+        endpoint=hub.url,
+    )
+    assert fresh.get_list_adapters() == {"unet": ["x"]}
+
+
 def test_push_removes_slider_files_an_earlier_push_left(slider_folder, hub, tmp_path):
     push_slider_to_hub(slider_folder[0], "me/s", token=TOKEN, endpoint=hub.url)
     pipe = build_tiny_pipeline("sd15")
