@@ -15,6 +15,7 @@ inside `lora_adapter_metadata`, so diffusers' `LoraConfig(**metadata)` still wor
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -490,7 +491,9 @@ def _publishable(slider: SliderFile) -> SliderFile:
     recorded = {}
     if metadata is not None and metadata.base_model:
         recorded[metadata.base_model] = public_model_name(metadata.base_model)
-        metadata = dataclasses.replace(metadata, base_model=recorded[metadata.base_model])
+        # A copy, not dataclasses.replace: that would re-check an architecture a newer peft_slider wrote.
+        metadata = copy.copy(metadata)
+        metadata.base_model = recorded[metadata.base_model]
     if isinstance(config.get("base_model_name_or_path"), str) and config["base_model_name_or_path"]:
         original = config["base_model_name_or_path"]
         recorded[original] = config["base_model_name_or_path"] = public_model_name(original)
@@ -822,7 +825,8 @@ def _read_checkpoint(
     if lora_alpha is not None:
         config = _config_from_alphas(tensors, dict.fromkeys(ranks, lora_alpha))
         if metadata is not None:
-            metadata = dataclasses.replace(metadata, alpha=lora_alpha)
+            metadata = copy.copy(metadata)
+            metadata.alpha = lora_alpha
     elif raw is not None:
         config = _lora_config_dict(_packed_config(raw, source))
     elif run is not None:

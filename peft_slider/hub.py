@@ -8,6 +8,7 @@ be reached or the user is not logged in.
 
 from __future__ import annotations
 
+import copy
 import html
 import logging
 import os
@@ -177,6 +178,11 @@ def build_model_card(
         raise ValueError(f"`license` must be a Hub license id such as 'apache-2.0' or 'other', got {license!r}.")
     _check_name(grid_image, "grid_image", r"[\w.-]+(/[\w.-]+)*", "sweep.png")
     _check_name(comfyui_file, "comfyui_file", r"[\w.-]+\.safetensors", "smiling_comfyui.safetensors")
+    if metadata.base_model:
+        # A local path never reaches the card, its YAML included (see `public_model_name`).
+        # A copy, not dataclasses.replace: that would re-check an architecture a newer peft_slider wrote.
+        metadata = copy.copy(metadata)
+        metadata.base_model = public_model_name(metadata.base_model)
     base_id = _base_model_id(metadata)
     tags = list(_BASE_TAGS)
     # The row of the architecture table; None for an architecture this version does not know.
@@ -199,7 +205,7 @@ def build_model_card(
     if base_id is not None:
         base_text = f"`{base_id}`"
     elif metadata.base_model:
-        base_text = f"{_markdown_text(public_model_name(metadata.base_model))} (a local model, not a Hub id)"
+        base_text = f"{_markdown_text(metadata.base_model)} (a local model, not a Hub id)"
     else:
         base_text = "its base model"
     sections = [

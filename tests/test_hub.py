@@ -340,7 +340,7 @@ _INJECTED_BASE = 'x", torch_dtype=None); import os; os.system("echo pwned"); ("'
 
 def _unknown_architecture() -> SliderMetadata:
     # As read from a file of a newer (or hostile) writer: an architecture this version does not know is kept.
-    metadata = SliderMetadata(concept="age")
+    metadata = SliderMetadata(concept="age", base_model="/home/me/models/my-sd15")
     metadata.architecture = "Evil</p><script>alert(1)</script>"
     return metadata
 
@@ -365,7 +365,7 @@ def test_model_card_shows_metadata_as_text(case, tmp_path):
     assert card.data.base_model is None  # only a Hub id is a base model
     assert "<img" not in card.text and "<script" not in card.text and "</p>" not in card.text
     assert "](http://evil" not in card.text and "\n# heading" not in card.text
-    assert "/home/me" not in card.text
+    assert "/home/me" not in card.content  # the YAML included
     for code in card.text.split("```python\n")[1:]:
         tree = ast.parse(code.split("```", 1)[0])
         assert not [node for node in ast.walk(tree) if isinstance(node, ast.Import) and node.names[0].name == "os"]
