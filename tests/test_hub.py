@@ -271,7 +271,7 @@ HOSTILE_FOLDERS = {
 
 
 @pytest.mark.parametrize("case", list(HOSTILE_FOLDERS))
-def test_push_uploads_only_the_slider(case, slider_folder, hub, tmp_path):
+def test_push_uploads_only_the_slider(case, slider_folder, hub, tmp_path, caplog):
     change, expected = HOSTILE_FOLDERS[case]
     folder, outside = tmp_path / "run", tmp_path / "outside"
     shutil.copytree(slider_folder[0], folder)
@@ -283,7 +283,12 @@ def test_push_uploads_only_the_slider(case, slider_folder, hub, tmp_path):
         assert "me/hostile" not in hub.state.repos
         return
     assert set(slider_files_to_upload(folder)) == expected
-    push_slider_to_hub(folder, "me/hostile", token=TOKEN, endpoint=hub.url)
+    with caplog.at_level("INFO", logger="peft_slider.hub"):
+        push_slider_to_hub(folder, "me/hostile", token=TOKEN, endpoint=hub.url)
+    # The push says what it uploads and what it leaves out.
+    (message,) = [record.getMessage() for record in caplog.records if record.name == "peft_slider.hub"]
+    left_out = message.split("left out ", 1)[1]
+    assert all(path.name in left_out for path in folder.iterdir() if path.name not in expected)
     files = hub.state.repos["me/hostile"].files
     assert set(files) == expected
     assert all(files[name] == (folder / name).read_bytes() for name in expected)
