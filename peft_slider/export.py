@@ -611,6 +611,13 @@ def save_slider(
 ) -> dict[str, Path]:
     """Save a slider adapter in the formats users load, each with the slider metadata in its header.
 
+    The save is all or nothing: every file is written into a hidden staging folder inside `save_directory`, flushed,
+    then renamed into place, so a failure (a full disk) leaves the folder's old files as they were. The files of one
+    save share a `peft_slider.save_id` header entry, by which loaders know they belong together; slider files of
+    another save left in the folder make `load_slider(folder)` ask for `weight_name=` (a warning says so). A local
+    base-model path is recorded as the Hub id of the cached snapshot it points into, else as its folder name only
+    (with a warning), never as the path.
+
     Args:
         model_or_pipe (`DiffusionPipeline`, `PeftModel` or `torch.nn.Module`):
             A pipeline whose denoiser carries the adapter, a `PeftModel`, or a denoiser with the adapter injected
