@@ -1,9 +1,10 @@
 # Copyright 2025 The peft_slider Authors. Licensed under the Apache License, Version 2.0.
 """Model cards for sliders, and pushing / fetching slider folders on the Hugging Face Hub.
 
-Everything goes through huggingface_hub's own API (`ModelCard`, `HfApi.create_repo`, `HfApi.upload_folder`,
-`hf_hub_download`); what this module adds is the card's content and errors that say what to do when the Hub cannot
-be reached or the user is not logged in.
+Everything goes through huggingface_hub's own API (`ModelCard`, `HfApi.create_repo`, `HfApi.create_commit`,
+`hf_hub_download`); what this module adds is the card's content (metadata shown as escaped text), the choice of what
+is uploaded (an allow-list, never a link out of the folder), and errors that say what to do when the Hub cannot be
+reached or the user is not logged in.
 """
 
 from __future__ import annotations
@@ -370,7 +371,9 @@ def slider_files_to_upload(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     root = folder.resolve()
     weights = [name for name in (DIFFUSERS_WEIGHT_NAME, PEFT_WEIGHT_NAME) if (folder / name).is_file()]
-    weights += sorted(path.name for path in folder.glob("*_comfyui.safetensors"))
+    weights += sorted(
+        path.name for path in folder.glob("*_comfyui.safetensors") if not path.name.startswith(".") and path.is_file()
+    )
     if not weights:
         raise ValueError(
             f"`folder` {str(folder)!r} must be a folder holding a saved slider (pytorch_lora_weights.safetensors, "
