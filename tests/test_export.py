@@ -7,8 +7,13 @@ with random A and B, on a tiny real pipeline. Outputs are the denoiser's on inpu
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from peft_slider import SliderLoraConfig
 from peft_slider.cli import main
 from peft_slider.formats.export import convert_slider, load_slider, read_slider, save_slider
 from peft_slider.formats.files import SliderFileError
+from peft_slider.formats.hub import HubError
 from peft_slider.formats.metadata import SliderMetadata, read_safetensors_header
 from peft_slider.targeting.config import SLIDER_ONLY_FIELDS
 from peft_slider.testing.tiny_pipelines import (
@@ -374,7 +380,7 @@ def test_load_slider_argument_errors(victim, folder_root, tmp_path):
         load_slider(pipe, folder, adapter_name="existing")
     with pytest.raises(ValueError, match="`strength` must be a finite number"):
         load_slider(pipe, folder, adapter_name="x", strength=float("nan"))
-    with pytest.raises(SliderFileError, match="neither an existing file or folder nor a Hub repo id"):
+    with pytest.raises(SliderFileError, match="is a local path that does not exist"):
         load_slider(pipe, tmp_path / "nowhere" / "x", adapter_name="x")
     save_file({"foo.weight": torch.zeros(2)}, tmp_path / "foreign.safetensors")
     with pytest.raises(SliderFileError, match="keys are in no slider layout"):
@@ -473,3 +479,401 @@ def test_metadata_header_round_trip():
     assert SliderMetadata.from_header({"format": "pt"}) is None
     with pytest.raises(ValueError, match="'peft_slider.concept' is not valid JSON"):
         SliderMetadata.from_header({"peft_slider.concept": "smiling"})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Saves are all or nothing: a failed re-save leaves the folder exactly as it was.
+
+
+@pytest.fixture(scope="module")
+def two_sliders():
+    """An SD 1.x pipeline with two sliders, "old" (alpha 6) and "new" (alpha 12, other weights)."""
+    torch.manual_seed(0)
+    pipe = build_tiny_pipeline("sd15")
+    configs = {
+        name: SliderLoraConfig(r=RANK, lora_alpha=alpha, model=pipe.unet, init_lora_weights=False)
+        for name, alpha in (("old", ALPHA), ("new", 2 * ALPHA))
+    }
+    for name, config in configs.items():
+        pipe.unet.add_adapter(config, adapter_name=name)
+    return pipe
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, hidden ones included."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _failing(real, failing_call: int):
+    calls = []
+
+    def fail(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == failing_call:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    return fail
+
+
+SAVE_FAULTS = {
+    # case: (the write step that fails, which call of it) -- a save writes the diffusers file twice (diffusers' own
+    # writer, then with the slider header), then the PEFT config and weights, then the ComfyUI file.
+    "disk full in diffusers' writer": ("safetensors.torch.save_file", 1),
+    "disk full writing the diffusers file": ("safetensors.torch.save_file", 2),
+    "disk full writing the PEFT weights, after their config": ("safetensors.torch.save_file", 3),
+    "disk full writing the ComfyUI file, after the others": ("safetensors.torch.save_file", 4),
+    "the PEFT config cannot be written": ("peft.LoraConfig.save_pretrained", 1),
+    "flushing to disk fails": ("os.fsync", 1),
+    "a rename fails half way": ("os.replace", 6),
+}
+
+
+@pytest.mark.parametrize("case", list(SAVE_FAULTS))
+def test_failed_save_leaves_the_folder_as_it_was(case, two_sliders, tmp_path, monkeypatch):
+    import importlib
+
+    target, failing_call = SAVE_FAULTS[case]
+    module_name, _, attribute = target.rpartition(".")
+    try:
+        owner = importlib.import_module(module_name)
+    except ModuleNotFoundError:  # a class attribute
+        module_name, _, class_name = module_name.rpartition(".")
+        owner = getattr(importlib.import_module(module_name), class_name)
+    folder = tmp_path / "slider"
+    save_slider(two_sliders, folder, adapter_name="old", comfyui=True, metadata=_metadata())
+    before = _snapshot(folder)
+    monkeypatch.setattr(owner, attribute, _failing(getattr(owner, attribute), failing_call))
+    with pytest.raises(OSError, match="No space left on device"):
+        save_slider(two_sliders, folder, adapter_name="new", comfyui=True, metadata=_metadata())
+    monkeypatch.undo()
+    assert _snapshot(folder) == before
+    # PEFT and every loader still read the old slider, at its own scale.
+    assert set(read_slider(folder).scales().values()) == {ALPHA / RANK}
+    assert LoraConfig.from_pretrained(folder).lora_alpha == ALPHA
+
+
+_KILLED_SAVE = """
+import sys, time
+import safetensors.torch, torch
+from peft_slider import SliderLoraConfig
+from peft_slider.formats.export import save_slider
+from peft_slider.formats.metadata import SliderMetadata
+from peft_slider.testing.tiny_pipelines import build_tiny_pipeline
+
+folder, stop_at = sys.argv[1], int(sys.argv[2])
+torch.manual_seed(0)
+pipe = build_tiny_pipeline("sd15")
+configs = {n: SliderLoraConfig(r=4, lora_alpha=a, model=pipe.unet, init_lora_weights=False) for n, a in (("old", 6), ("new", 12))}
+for name, config in configs.items():
+    pipe.unet.add_adapter(config, adapter_name=name)
+metadata = SliderMetadata(concept="smiling")
+save_slider(pipe, folder, adapter_name="old", comfyui=True, metadata=metadata)
+print("saved", flush=True)
+sys.stdin.readline()
+real, calls = safetensors.torch.save_file, []
+
+def stalled(tensors, filename, *args, **kwargs):
+    calls.append(filename)
+    if len(calls) == stop_at:  # half a file written, then the process is killed
+        with open(filename, "wb") as handle:
+            handle.write(b"half a safetensors file")
+        print("writing", flush=True)
+        time.sleep(600)
+    return real(tensors, filename, *args, **kwargs)
+
+safetensors.torch.save_file = stalled
+save_slider(pipe, folder, adapter_name="new", comfyui=True, metadata=metadata)
+"""
+
+
+@pytest.mark.parametrize("stop_at", [3, 4], ids=["in the PEFT weights", "in the ComfyUI file"])
+def test_killed_save_leaves_the_folder_as_it_was(stop_at, tmp_path):
+    folder = tmp_path / "slider"
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_KILLED_SAVE), str(folder), str(stop_at)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    try:
+        assert process.stdout.readline().strip() == "saved"
+        before = {name: data for name, data in _snapshot(folder).items() if not name.startswith(".")}
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        assert process.stdout.readline().strip() == "writing"
+    finally:
+        process.kill()
+        process.wait()
+    # A killed save leaves at most its hidden staging folder behind; the slider files are the old save's.
+    assert {name: data for name, data in _snapshot(folder).items() if not name.startswith(".")} == before
+    assert set(read_slider(folder).scales().values()) == {ALPHA / RANK}
+    assert LoraConfig.from_pretrained(folder).lora_alpha == ALPHA
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A folder is read as one slider only when one save wrote its files; otherwise the user names the file.
+
+
+def _peft_saved_later(folder, other, pipe):
+    save_slider(pipe, folder, adapter_name="old", comfyui=True, metadata=_metadata())
+    with pytest.warns(UserWarning, match="also holds slider files this save did not write"):
+        save_slider(pipe, folder, adapter_name="new", formats=["peft"], metadata=_metadata())
+
+
+def _foreign_comfyui_file(folder, other, pipe):
+    save_slider(pipe, folder, adapter_name="old", metadata=_metadata())
+    paths = save_slider(pipe, other, adapter_name="new", formats=["comfyui"], metadata=_metadata())
+    shutil.copyfile(paths["comfyui"], folder / paths["comfyui"].name)
+
+
+def _unmarked_file(folder, other, pipe):
+    save_slider(pipe, folder, adapter_name="old", formats=["diffusers"], metadata=_metadata())
+    save_file(load_file(folder / "pytorch_lora_weights.safetensors"), folder / "copy.safetensors")
+
+
+def _one_save(folder, other, pipe):
+    save_slider(pipe, folder, adapter_name="old", comfyui=True, metadata=_metadata())
+
+
+def _one_save_and_a_copy(folder, other, pipe):
+    _one_save(folder, other, pipe)
+    shutil.copyfile(folder / "adapter_model.safetensors", folder / "adapter_model (copy).safetensors")
+
+
+def _one_file(folder, other, pipe):
+    save_slider(pipe, folder, adapter_name="new", formats=["comfyui"], metadata=_metadata())
+
+
+FOLDERS = {
+    # case: (how the folder is made, the scale read from it or the error)
+    "PEFT files saved after the diffusers file": (_peft_saved_later, "not written by one save"),
+    "another slider's ComfyUI file beside": (_foreign_comfyui_file, "not written by one save"),
+    "a file without a save id beside": (_unmarked_file, "not written by one save"),
+    "one save, every format": (_one_save, ALPHA / RANK),
+    "one save and a copy of one of its files": (_one_save_and_a_copy, ALPHA / RANK),
+    "one file": (_one_file, 2 * ALPHA / RANK),
+}
+
+
+@pytest.mark.parametrize("case", list(FOLDERS))
+def test_folder_is_read_as_the_slider_it_holds(case, two_sliders, tmp_path):
+    make, expected = FOLDERS[case]
+    folder = tmp_path / "slider"
+    make(folder, tmp_path / "other", two_sliders)
+    if isinstance(expected, str):
+        with pytest.raises(SliderFileError, match=expected) as error:
+            read_slider(folder)
+        assert "`weight_name=`" in str(error.value) and "pytorch_lora_weights.safetensors" in str(error.value)
+        fresh = build_tiny_pipeline("sd15")
+        with pytest.raises(SliderFileError, match=expected):
+            load_slider(fresh, folder, adapter_name="x")
+        assert fresh.get_list_adapters() == {}
+        # Naming the file reads exactly that file.
+        for name in ("pytorch_lora_weights.safetensors", "adapter_model.safetensors"):
+            if (folder / name).is_file():
+                assert read_slider(folder, weight_name=name).source == repr(str(folder / name))
+        return
+    assert set(read_slider(folder).scales().values()) == {expected}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Hostile files: every problem is a SliderFileError naming the file, never an AttributeError or a silent load.
+
+
+def _set_header(key, value):
+    def change(tensors, header):
+        header[key] = value
+
+    return change
+
+
+def _set_config(**values):
+    def change(tensors, header):
+        packed = json.loads(header["lora_adapter_metadata"])
+        packed.update({f"unet.{key}": value for key, value in values.items()})
+        header["lora_adapter_metadata"] = json.dumps(packed)
+
+    return change
+
+
+def _poison(suffix, value):
+    def change(tensors, header):
+        key = next(key for key in sorted(tensors) if key.endswith(suffix))
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[0] = value
+
+    return change
+
+
+HUGE_INT = "1" + "0" * 400
+HOSTILE_FILES = {
+    # case: (file, change to (tensors, header), expected message)
+    "NaN in a lora_A": ("diffusers", _poison("lora_A.weight", float("nan")), "NaN or infinite values in its lora_A"),
+    "inf in a lora_B": ("diffusers", _poison("lora_B.weight", float("inf")), "NaN or infinite values in its lora_B"),
+    "NaN in a kohya file": ("comfyui", _poison("lora_up.weight", float("nan")), "NaN or infinite values"),
+    "NaN kohya alpha": ("comfyui", _poison(".alpha", float("nan")), "must be a finite number"),
+    "NaN lora_alpha": ("diffusers", _set_config(lora_alpha=float("nan")), "`lora_alpha` nan"),
+    "absurd lora_alpha": ("diffusers", _set_config(lora_alpha=1e30), "no trained slider has such a scale"),
+    "huge int lora_alpha": (
+        "diffusers",
+        _set_config(lora_alpha=int(HUGE_INT)),
+        "`lora_alpha` 1000",
+    ),
+    "rank a string": ("diffusers", _set_config(r="four"), "`r` 'four'"),
+    "rank_pattern a list": ("diffusers", _set_config(rank_pattern=[1, 2]), "`rank_pattern` \\[1, 2\\]"),
+    "alpha_pattern NaN": ("diffusers", _set_config(alpha_pattern={"conv_in": float("nan")}), "alpha_pattern"),
+    "config a list": ("diffusers", _set_header("lora_adapter_metadata", "[1, 2]"), "holds a JSON list"),
+    "config a number": ("diffusers", _set_header("lora_adapter_metadata", "3"), "holds a JSON int"),
+    "config an int of 5000 digits": ("diffusers", _set_header("lora_adapter_metadata", "9" * 5000), "is not JSON"),
+    "slider alpha of 400 digits": ("diffusers", _set_header("peft_slider.alpha", HUGE_INT), "integer of 401 digits"),
+    "range of 400 digits": (
+        "diffusers",
+        _set_header("peft_slider.recommended_range", f"[0, {HUGE_INT}]"),
+        "integer of 401 digits",
+    ),
+    "range overflowing to inf": (
+        "diffusers",
+        _set_header("peft_slider.recommended_range", "[0, 1e400]"),
+        "two finite numbers",
+    ),
+    "range a mapping": (
+        "diffusers",
+        _set_header("peft_slider.trained_strengths", '{"a": 1, "b": 2}'),
+        r"\(min, max\) pair",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_FILES))
+def test_hostile_files_fail_cleanly(case, two_sliders, tmp_path):
+    file_format, change, message = HOSTILE_FILES[case]
+    paths = save_slider(two_sliders, tmp_path, adapter_name="old", formats=[file_format], metadata=_metadata())
+    path = paths[file_format]
+    header = read_safetensors_header(path)
+    tensors = load_file(path)
+    change(tensors, header)
+    save_file(tensors, path, metadata=header)
+    with pytest.raises(SliderFileError, match=message) as error:
+        read_slider(path)
+    assert str(path) in str(error.value)
+
+
+def test_hostile_peft_config_fails_cleanly(two_sliders, tmp_path):
+    save_slider(two_sliders, tmp_path, adapter_name="old", formats=["peft"])
+    (tmp_path / "adapter_config.json").write_text("[1, 2]")
+    with pytest.raises(SliderFileError, match="holds a JSON list, not a LoraConfig object"):
+        read_slider(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A path that looks local never becomes a Hub request.
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["./missing", "../missing", "missing.safetensors", "me/missing.safetensors", "sub/dir/missing", "{tmp}/missing"],
+)
+def test_missing_local_paths_are_not_hub_requests(path, victim, tmp_path):
+    pipe, _ = victim
+    path = path.format(tmp=tmp_path)
+    # The Hub endpoint is unreachable: a Hub request would raise HubError, not SliderFileError.
+    with pytest.raises(SliderFileError, match=f"`path_or_repo` '{path}' is a local path that does not exist"):
+        load_slider(pipe, path, adapter_name="x", endpoint="http://127.0.0.1:9")
+    with pytest.raises(HubError):  # a repo id still goes to the Hub
+        load_slider(pipe, "me/missing", adapter_name="x", endpoint="http://127.0.0.1:9")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Local base-model paths are never recorded.
+
+
+@pytest.mark.parametrize(
+    "base_model, recorded, warns",
+    [
+        ("/home/me/models/my-sd15", "my-sd15", True),
+        ("./models/my-sd15/", "my-sd15", True),
+        ("/home/me/.cache/huggingface/hub/models--owner--sd15-base/snapshots/0123abcd", "owner/sd15-base", False),
+        ("owner/sd15-base", "owner/sd15-base", False),
+    ],
+)
+def test_local_base_model_paths_are_not_recorded(base_model, recorded, warns, two_sliders, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paths = save_slider(
+            two_sliders, tmp_path, adapter_name="old", comfyui=True, metadata=SliderMetadata(base_model=base_model)
+        )
+    assert any("records only its folder name" in str(item.message) for item in caught) == warns
+    for path in paths.values():
+        assert SliderMetadata.from_header(read_safetensors_header(path)).base_model == recorded
+        assert b"/home/me" not in path.read_bytes()
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == recorded
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Trainer checkpoints (examples/train_slider: checkpoint-N/slider_adapter.safetensors) become sliders.
+
+
+def _checkpoint(pipe, adapter_name: str, run: Path, step: int = 300) -> Path:
+    """What the trainer's save hook writes: `get_peft_model_state_dict` in a safetensors file, beside accelerate's."""
+    from peft.utils import get_peft_model_state_dict
+
+    folder = run / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    state = get_peft_model_state_dict(pipe.unet, adapter_name=adapter_name)
+    save_file(
+        {key: value.detach().cpu().contiguous() for key, value in state.items()}, folder / "slider_adapter.safetensors"
+    )
+    (folder / "optimizer.bin").write_bytes(b"accelerate optimizer state")
+    return folder
+
+
+def test_trainer_checkpoint_becomes_a_slider(two_sliders, victim, tmp_path, capsys):
+    pipe, (_, inputs) = two_sliders, victim
+    pipe.unet.set_adapters(["new"], weights=[-1.0])
+    reference = _output(pipe.unet, inputs)
+    # Inside its run folder, beside the run's finished slider: its alpha and metadata come from there.
+    run = tmp_path / "run"
+    save_slider(pipe, run, adapter_name="new", metadata=_metadata())
+    checkpoint = _checkpoint(pipe, "new", run)
+    slider = read_slider(checkpoint)
+    assert (slider.format, slider.architecture, slider.metadata.concept) == (
+        "checkpoint",
+        "UNet2DConditionModel",
+        "smiling",
+    )
+    fresh = build_tiny_pipeline("sd15")
+    load_slider(fresh, checkpoint, adapter_name="best", strength=-1.0)
+    torch.testing.assert_close(_output(fresh.unet, inputs), reference, **TOLERANCE)
+    # Alone (copied out of its run): the command line needs the family and the training's alpha, and says so.
+    alone = tmp_path / "picked" / "checkpoint-300"
+    shutil.copytree(checkpoint, alone)
+    assert main(["convert", str(alone), str(tmp_path / "out"), "--to", "diffusers", "--architecture", "sd15"]) == 2
+    assert "--lora_alpha" in capsys.readouterr().err
+    command = ["convert", str(alone), str(tmp_path / "out"), "--to", "diffusers", "--lora_alpha", str(2 * ALPHA)]
+    assert main(command) == 2
+    assert "--architecture" in capsys.readouterr().err
+    assert main([*command, "--architecture", "sd15"]) == 0
+    fresh = build_tiny_pipeline("sd15")
+    fresh.load_lora_weights(tmp_path / "out", adapter_name="best")
+    fresh.set_adapters(["best"], adapter_weights=[-1.0])
+    torch.testing.assert_close(_output(fresh.unet, inputs), reference, **TOLERANCE)
+
+
+def test_convert_of_a_plain_peft_folder_names_the_cli_option(two_sliders, tmp_path, capsys):
+    # A folder PEFT itself wrote has no slider metadata, so the family is unknown.
+    peft_model = get_peft_model(
+        copy.deepcopy(build_tiny_pipeline("sd15").unet), LoraConfig(r=2, target_modules=["to_q"])
+    )
+    peft_model.save_pretrained(tmp_path / "plain")
+    assert main(["convert", str(tmp_path / "plain"), str(tmp_path / "out"), "--to", "diffusers"]) == 2
+    assert "`--architecture`" in capsys.readouterr().err
+    assert (
+        main(
+            ["convert", str(tmp_path / "plain"), str(tmp_path / "out"), "--to", "diffusers", "--architecture", "sd15"]
+        )
+        == 0
+    )

@@ -39,7 +39,14 @@ def _inspect(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from ..formats.export import convert_slider
 
-    path = convert_slider(args.src, args.dst, to=args.to, architecture=args.architecture, weight_name=args.weight_name)
+    path = convert_slider(
+        args.src,
+        args.dst,
+        to=args.to,
+        architecture=args.architecture,
+        weight_name=args.weight_name,
+        lora_alpha=args.lora_alpha,
+    )
     print(f"wrote {path}")
     return 0
 
@@ -70,13 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         "adapter_model.safetensors + adapter_config.json, kohya/ComfyUI .safetensors) to another format. The file is "
         "checked as it is read; the slider metadata is carried over.",
     )
-    convert.add_argument("src", help="slider file or folder")
+    convert.add_argument("src", help="slider file or folder, or a trainer checkpoint folder (checkpoint-N)")
     convert.add_argument("dst", help="output folder (for --to comfyui also a .safetensors path)")
     convert.add_argument("--to", required=True, choices=("diffusers", "peft", "comfyui"))
     convert.add_argument(
         "--architecture", help="diffusers class or family (e.g. sdxl, flux) for files without metadata"
     )
     convert.add_argument("--weight_name", help="the file to read when SRC is a folder holding several")
+    convert.add_argument(
+        "--lora_alpha",
+        type=float,
+        help="for a trainer checkpoint without a finished slider beside it: the training's --lora_alpha",
+    )
     convert.set_defaults(handler=_convert)
     return parser
 

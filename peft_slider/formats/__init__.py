@@ -32,10 +32,12 @@ __all__ = [
     "kohya_header",
     "kohya_module_name",
     "load_slider",
+    "public_model_name",
     "push_slider_to_hub",
     "read_safetensors_header",
     "read_slider",
     "save_slider",
+    "slider_files_to_upload",
     "to_comfyui_transformer",
     "to_kohya",
     "unet_module_name",
@@ -47,7 +49,14 @@ __getattr__, __dir__ = lazy_exports(
     {
         "export": ["FORMATS", "SliderFile", "convert_slider", "load_slider", "read_slider", "save_slider"],
         "files": ["DIFFUSERS_WEIGHT_NAME", "PEFT_CONFIG_NAME", "PEFT_WEIGHT_NAME", "SliderFileError"],
-        "hub": ["HubError", "build_model_card", "download_slider", "push_slider_to_hub", "write_model_card"],
+        "hub": [
+            "HubError",
+            "build_model_card",
+            "download_slider",
+            "push_slider_to_hub",
+            "slider_files_to_upload",
+            "write_model_card",
+        ],
         "kohya": [
             "COMFYUI_LAYOUTS",
             "from_comfyui_transformer",
@@ -58,14 +67,21 @@ __getattr__, __dir__ = lazy_exports(
             "to_kohya",
             "unet_module_name",
         ],
-        "metadata": ["HEADER_PREFIX", "SliderMetadata", "read_safetensors_header"],
+        "metadata": ["HEADER_PREFIX", "SliderMetadata", "public_model_name", "read_safetensors_header"],
     },
 )
 
 if TYPE_CHECKING:
     from .export import FORMATS, SliderFile, convert_slider, load_slider, read_slider, save_slider
     from .files import DIFFUSERS_WEIGHT_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, SliderFileError
-    from .hub import HubError, build_model_card, download_slider, push_slider_to_hub, write_model_card
+    from .hub import (
+        HubError,
+        build_model_card,
+        download_slider,
+        push_slider_to_hub,
+        slider_files_to_upload,
+        write_model_card,
+    )
     from .kohya import (
         COMFYUI_LAYOUTS,
         from_comfyui_transformer,
@@ -76,4 +92,4 @@ if TYPE_CHECKING:
         to_kohya,
         unet_module_name,
     )
-    from .metadata import HEADER_PREFIX, SliderMetadata, read_safetensors_header
+    from .metadata import HEADER_PREFIX, SliderMetadata, public_model_name, read_safetensors_header

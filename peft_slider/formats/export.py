@@ -15,12 +15,16 @@ inside `lora_adapter_metadata`, so diffusers' `LoraConfig(**metadata)` still wor
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import os
 import re
+import shutil
 import tempfile
+import uuid
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,18 +36,19 @@ from torch import nn
 
 from ..targeting.architectures import ARCHITECTURES
 from ..targeting.targets import denoiser_attr, denoiser_of
-from ..utils.checks import REPO_ID, check_finite
+from ..utils.checks import REPO_ID, check_finite, is_finite_number, is_repo_id
 from . import kohya
 from .files import (
     DIFFUSERS_WEIGHT_NAME,
     PEFT_PREFIX,
     PEFT_WEIGHT_NAME,
+    SAVE_ID_KEY,
     SliderFileError,
     load_tensors,
     read_peft_config,
     weights_file,
 )
-from .metadata import SliderMetadata, read_safetensors_header
+from .metadata import SliderMetadata, public_model_name, read_safetensors_header
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -58,6 +63,11 @@ __all__ = [
 ]
 
 FORMATS = ("diffusers", "peft", "comfyui")
+# The file a trainer checkpoint (`checkpoint-N/`, examples/train_slider) holds the slider's weights in: PEFT keys without
+# prefix, no config and no header metadata.
+CHECKPOINT_WEIGHT_NAME = "slider_adapter.safetensors"
+# |alpha / r| beyond this is a corrupted number, not a slider (trained sliders sit around 0.1 to 10).
+_MAX_SCALE = 1e4
 # The families diffusers has a pipeline LoRA loader for (the table's `lora_loader`); others are saved as PEFT only.
 _LOADER_ROWS = tuple(spec for spec in ARCHITECTURES.values() if spec.lora_loader is not None)
 _LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # the one header key diffusers reads
@@ -79,9 +89,11 @@ class SliderFile:
             Where it was read from, for messages.
         format (`str`):
             The format it was read from: ``"diffusers"``, ``"peft"``, ``"comfyui"`` (kohya or `transformer.` keys
-            without config) or ``"model"``.
+            without config), ``"checkpoint"`` (a trainer checkpoint's `slider_adapter.safetensors`) or ``"model"``.
         component (`str`, *optional*):
             The pipeline component the file's keys name (``"unet"`` or ``"transformer"``), when they name one.
+        save_id (`str`, *optional*):
+            The id every file of one `save_slider` call shares (header key `peft_slider.save_id`).
     """
 
     tensors: dict[str, torch.Tensor]
@@ -90,6 +102,7 @@ class SliderFile:
     source: str = "<memory>"
     format: str = "model"
     component: str | None = None
+    save_id: str | None = None
 
     @property
     def modules(self) -> list[str]:
@@ -198,6 +211,49 @@ def _check_lora_tensors(tensors: Mapping[str, torch.Tensor], source: str) -> Non
                 f"{source}: module {module!r} has lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)}, "
                 "whose ranks do not match."
             )
+        for name, tensor in pair.items():
+            if not torch.isfinite(tensor).all():
+                raise SliderFileError(
+                    f"{source}: module {module!r} has NaN or infinite values in its {name} weight; the file is "
+                    "corrupted or the training diverged. Use an earlier checkpoint or save the slider again."
+                )
+
+
+def _check_config(slider: SliderFile) -> None:
+    """The LoRA config builds a peft `LoraConfig`, and gives every module a finite, sane scale."""
+    from peft import LoraConfig
+
+    config, source = slider.config, slider.source
+    rank = config.get("r", 8)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise SliderFileError(f"{source}: its LoRA config has `r` {rank!r}; a rank is a positive int.")
+    numbers = {"lora_alpha": config.get("lora_alpha", 8)}
+    for pattern_name in ("rank_pattern", "alpha_pattern"):
+        pattern = config.get(pattern_name) or {}
+        if not isinstance(pattern, dict) or not all(isinstance(key, str) for key in pattern):
+            raise SliderFileError(
+                f"{source}: its LoRA config has `{pattern_name}` {pattern!r}; it must map module names to numbers."
+            )
+        numbers.update({f"{pattern_name}[{key!r}]": value for key, value in pattern.items()})
+    for name, value in numbers.items():
+        if not is_finite_number(value) or (isinstance(value, int) and abs(value) > 2**53):
+            raise SliderFileError(
+                f"{source}: its LoRA config has `{name}` {value!r}; it must be a finite number. The file is "
+                "corrupted: save or download it again."
+            )
+    try:
+        LoraConfig(**config)
+    except (TypeError, ValueError) as error:
+        raise SliderFileError(f"{source}: its LoRA config does not build a peft LoraConfig: {error}") from None
+    scales = slider.scales()
+    absurd = {module: scale for module, scale in scales.items() if not abs(scale) <= _MAX_SCALE}
+    if absurd:
+        module, scale = next(iter(absurd.items()))
+        raise SliderFileError(
+            f"{source}: its LoRA config scales module {module!r} by alpha / r = {scale:g} (and {len(absurd) - 1} more "
+            f"modules beyond +-{_MAX_SCALE:g}); no trained slider has such a scale, so the alpha is corrupted. Save "
+            "or download the file again."
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -309,8 +365,9 @@ def _loader_for(slider: SliderFile, pipeline_class: type | None, component: str 
             return getattr(lora_pipeline, loader), component
     known = ", ".join(sorted(row.class_name for row in _LOADER_ROWS))
     raise ValueError(
-        f"No diffusers LoRA loader is known for architecture {slider.architecture!r} (known: {known}). Pass "
-        "`pipeline_class=` (the pipeline you load it with), or save with formats=('peft',)."
+        f"No diffusers LoRA loader is known for architecture {slider.architecture!r} (known: {known}). Name the "
+        "family: `architecture=` in Python or `--architecture` on the command line (e.g. flux, sdxl); or pass "
+        "`pipeline_class=` (the pipeline you load it with); or write the PEFT format instead."
     )
 
 
@@ -344,7 +401,10 @@ def _write_diffusers(
 
 
 def _slider_header(slider: SliderFile) -> dict[str, str]:
-    return {} if slider.metadata is None else slider.metadata.to_header()
+    header = {} if slider.metadata is None else slider.metadata.to_header()
+    if slider.save_id is not None:
+        header[SAVE_ID_KEY] = slider.save_id
+    return header
 
 
 def _write_peft(slider: SliderFile, directory: Path) -> Path:
@@ -409,9 +469,89 @@ def _comfyui_layout(slider: SliderFile) -> str:
         known = ", ".join(sorted(kohya.COMFYUI_LAYOUTS))
         raise ValueError(
             f"No ComfyUI layout is known for architecture {slider.architecture!r}; ComfyUI-ready files are written "
-            f"for: {known}. For another family use the diffusers format, or name the family with `architecture=`."
+            f"for: {known}. For another family use the diffusers format, or name the family with `architecture=` "
+            "(`--architecture` on the command line)."
         )
     return layout
+
+
+def _publishable(slider: SliderFile) -> SliderFile:
+    """The slider with a local base-model path replaced by what may be published (see `public_model_name`): a path
+    says nothing to others and shows the saver's file system, in every file and on the Hub."""
+    metadata, config = slider.metadata, dict(slider.config)
+    recorded = {}
+    if metadata is not None and metadata.base_model:
+        recorded[metadata.base_model] = public_model_name(metadata.base_model)
+        # A copy, not dataclasses.replace: that would re-check an architecture a newer peft_slider wrote.
+        metadata = copy.copy(metadata)
+        metadata.base_model = recorded[metadata.base_model]
+    if isinstance(config.get("base_model_name_or_path"), str) and config["base_model_name_or_path"]:
+        original = config["base_model_name_or_path"]
+        recorded[original] = config["base_model_name_or_path"] = public_model_name(original)
+    for original, public in recorded.items():
+        if public != original and not REPO_ID.fullmatch(public):
+            warnings.warn(
+                f"The base model {original!r} is a local path; the slider records only its folder name {public!r}. "
+                "Pass `metadata=SliderMetadata(base_model='owner/name')` to record its Hub id.",
+                stacklevel=4,
+            )
+    return dataclasses.replace(slider, metadata=metadata, config=config)
+
+
+class _Staging:
+    """The files of one save, written into a hidden folder inside their destination and moved into place together.
+
+    A failure while writing (a full disk, a bad config) leaves the destination as it was. The move is one `os.replace`
+    per file, after every file is written and flushed to disk; should a move fail, the files already moved are put back.
+    """
+
+    PREFIX = ".peft_slider-staging-"
+
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.folder = Path(tempfile.mkdtemp(prefix=self.PREFIX, dir=directory))
+
+    def commit(self) -> None:
+        staged = sorted(path for path in self.folder.iterdir() if path.is_file())
+        for path in staged:
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        backups = self.folder / "replaced"
+        backups.mkdir()
+        moved: list[tuple[Path, Path | None]] = []
+        try:
+            for path in staged:
+                final = self.directory / path.name
+                backup = None
+                if final.is_file() and not final.is_symlink():
+                    backup = backups / path.name
+                    try:
+                        os.link(final, backup)
+                    except OSError:  # a file system without hard links
+                        shutil.copy2(final, backup)
+                os.replace(path, final)
+                moved.append((final, backup))
+        except BaseException:
+            for final, backup in reversed(moved):
+                if backup is not None:
+                    os.replace(backup, final)
+                else:
+                    final.unlink(missing_ok=True)
+            raise
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _stale_slider_files(directory: Path, written: Iterable[str]) -> list[str]:
+    """Slider weight files in `directory` that this save did not write (other formats, older saves)."""
+    written = set(written)
+    return sorted(
+        path.name
+        for path in directory.glob("*.safetensors")
+        if path.name not in written and not path.name.startswith(".") and path.is_file()
+    )
 
 
 def _write(
@@ -422,14 +562,31 @@ def _write(
         _loader_for(slider, pipeline_class, component)
     if "comfyui" in formats:
         _comfyui_layout(slider)
-    paths = {}
-    for name in formats:
-        if name == "diffusers":
-            paths[name] = _write_diffusers(slider, directory, pipeline_class=pipeline_class, component=component)
-        elif name == "peft":
-            paths[name] = _write_peft(slider, directory)
-        else:
-            paths[name] = _write_comfyui(slider, directory / comfyui_file_name(slider.metadata))
+    slider = _publishable(dataclasses.replace(slider, save_id=uuid.uuid4().hex))
+    # All files or none: everything is written into a staging folder first, then moved into place.
+    staging = _Staging(directory)
+    try:
+        paths = {}
+        for name in formats:
+            if name == "diffusers":
+                paths[name] = _write_diffusers(
+                    slider, staging.folder, pipeline_class=pipeline_class, component=component
+                )
+            elif name == "peft":
+                paths[name] = _write_peft(slider, staging.folder)
+            else:
+                paths[name] = _write_comfyui(slider, staging.folder / comfyui_file_name(slider.metadata))
+        staging.commit()
+    finally:
+        staging.discard()
+    paths = {name: directory / path.name for name, path in paths.items()}
+    stale = _stale_slider_files(directory, (path.name for path in paths.values()))
+    if stale:
+        warnings.warn(
+            f"{str(directory)!r} also holds slider files this save did not write: {stale}. Loading the folder now "
+            "needs `weight_name=`; delete them (or save every format again) to keep one slider per folder.",
+            stacklevel=3,
+        )
     return paths
 
 
@@ -444,6 +601,13 @@ def save_slider(
     pipeline_class: type | None = None,
 ) -> dict[str, Path]:
     """Save a slider adapter in the formats users load, each with the slider metadata in its header.
+
+    The save is all or nothing: every file is written into a hidden staging folder inside `save_directory`, flushed,
+    then renamed into place, so a failure (a full disk) leaves the folder's old files as they were. The files of one
+    save share a `peft_slider.save_id` header entry, by which loaders know they belong together; slider files of
+    another save left in the folder make `load_slider(folder)` ask for `weight_name=` (a warning says so). A local
+    base-model path is recorded as the Hub id of the cached snapshot it points into, else as its folder name only
+    (with a warning), never as the path.
 
     Args:
         model_or_pipe (`DiffusionPipeline`, `PeftModel` or `torch.nn.Module`):
@@ -474,7 +638,8 @@ def save_slider(
     >>> import tempfile
     >>> from diffusers import DiffusionPipeline
     >>> from peft_slider import SliderLoraConfig
-    >>> from peft_slider.formats import SliderMetadata, save_slider
+    >>> from peft_slider.formats import save_slider
+    >>> from peft_slider.formats import SliderMetadata
     >>> from peft_slider.testing import build_tiny_pipeline
     >>> pipe = build_tiny_pipeline("flux")
     >>> pipe.transformer.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, model=pipe.transformer), adapter_name="smile")
@@ -504,23 +669,96 @@ def save_slider(
 # Readers
 
 
+def _packed_config(raw: str, source: str) -> dict[str, Any]:
+    """The LoraConfig dict diffusers keeps in the `lora_adapter_metadata` header entry."""
+    try:
+        packed = json.loads(raw)
+    except ValueError as error:  # not JSON, or an int of more than 4300 digits
+        raise SliderFileError(f"{source}: header entry {_LORA_ADAPTER_METADATA_KEY!r} is not JSON: {error}.") from None
+    if not isinstance(packed, dict):
+        raise SliderFileError(
+            f"{source}: header entry {_LORA_ADAPTER_METADATA_KEY!r} holds a JSON {type(packed).__name__}, not a "
+            "LoraConfig object; save the slider again."
+        )
+    return packed
+
+
+def _run_slider(path: Path) -> SliderFile | None:
+    """The finished slider of the training run a checkpoint file belongs to (`<run>/checkpoint-N/<file>`), if any."""
+    if not re.fullmatch(r"checkpoint-\d+", path.parent.name):
+        return None
+    try:
+        return read_slider(path.parent.parent)
+    except SliderFileError:
+        return None
+
+
+def _read_checkpoint(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    header: Mapping[str, str],
+    metadata: SliderMetadata | None,
+    lora_alpha: float | None,
+) -> SliderFile:
+    """A trainer checkpoint: PEFT keys without prefix. Its alpha comes from `lora_alpha`, a `lora_adapter_metadata`
+    entry, or the finished slider of the same run when that has the same modules and ranks; never from a guess."""
+    source = repr(str(path))
+    _check_lora_tensors(tensors, source)
+    ranks = {key.rsplit(".", 2)[0]: tensor.shape[0] for key, tensor in tensors.items() if ".lora_A." in key}
+    run = _run_slider(path)
+    if run is not None:
+        run_ranks = {module: run.tensors[f"{module}.lora_A.weight"].shape[0] for module in run.modules}
+        if run_ranks != ranks:
+            run = None  # another run (or another rank) wrote the folder's slider
+    if metadata is None and run is not None:
+        metadata = run.metadata
+    raw = header.get(_LORA_ADAPTER_METADATA_KEY)
+    if lora_alpha is not None:
+        config = _config_from_alphas(tensors, dict.fromkeys(ranks, lora_alpha))
+        if metadata is not None:
+            metadata = copy.copy(metadata)
+            metadata.alpha = lora_alpha
+    elif raw is not None:
+        config = _lora_config_dict(_packed_config(raw, source))
+    elif run is not None:
+        config = dict(run.config)
+    else:
+        rank = Counter(ranks.values()).most_common(1)[0][0]
+        raise SliderFileError(
+            f"{source} is a trainer checkpoint, which records no LoRA alpha, and no finished slider of the same run "
+            "(same modules and ranks) lies beside its folder. Pass `lora_alpha=` (`--lora_alpha` on the command "
+            f"line): the training's --lora_alpha, which defaults to the rank ({rank})."
+        )
+    return SliderFile(tensors, config, metadata, source, "checkpoint", save_id=header.get(SAVE_ID_KEY))
+
+
 def read_slider(
-    path: str | os.PathLike, *, weight_name: str | None = None, module_names: Iterable[str] | None = None
+    path: str | os.PathLike,
+    *,
+    weight_name: str | None = None,
+    module_names: Iterable[str] | None = None,
+    lora_alpha: float | None = None,
 ) -> SliderFile:
     """Read a slider in any supported format, checking the file as it goes.
 
     Args:
         path (`str` or `os.PathLike`):
-            A `.safetensors` file or a folder (its `pytorch_lora_weights.safetensors`, else `adapter_model.safetensors`,
-            else its only `.safetensors` file).
+            A `.safetensors` file or a folder: its only `.safetensors` file, or, when one `save_slider` call wrote
+            several, its `pytorch_lora_weights.safetensors`, else `adapter_model.safetensors`, else the ComfyUI file.
+            A trainer checkpoint folder (`checkpoint-N/`, holding `slider_adapter.safetensors`) is read too.
         weight_name (`str`, *optional*):
-            The file to read in a folder.
+            The file to read in a folder; needed when the folder's files are not from one save.
         module_names (`Iterable[str]`, *optional*):
             The target model's module names, to rebuild kohya names exactly.
+        lora_alpha (`float`, *optional*):
+            For a trainer checkpoint only (it records no alpha): the training's `--lora_alpha`. Without it the alpha
+            of the run's finished slider beside the checkpoint folder is used, when that has the same modules and
+            ranks.
 
     Raises:
         `SliderFileError`: the file is truncated or corrupted, its keys are in no known layout, a LoRA matrix is
-        missing, extra keys are present, or a PEFT file has no readable `adapter_config.json`.
+        missing, extra keys are present, a weight is NaN or infinite, the LoRA config is malformed or its scale absurd,
+        a PEFT file has no readable `adapter_config.json`, or a folder's files are not from one save.
 
     Example:
 
@@ -538,13 +776,27 @@ def read_slider(
     ('comfyui', 'UNet2DConditionModel', {2.0})
     ```
     """
+    if lora_alpha is not None:
+        lora_alpha = check_finite(lora_alpha, argument="lora_alpha", expected="a finite number such as 16.0")
     path = Path(path)
     if path.is_dir():
         path = weights_file(path, weight_name)
     elif not path.is_file():
-        raise SliderFileError(f"{str(path)!r} does not exist.")
+        raise SliderFileError(f"{str(path)!r} does not exist (no such file or folder); check the path.")
+    slider = _read_file(path, module_names, lora_alpha)
+    if lora_alpha is not None and slider.format != "checkpoint":
+        raise SliderFileError(
+            f"`lora_alpha` is for trainer checkpoints, which record no alpha; {slider.source} is a {slider.format} "
+            "file that records its own. Drop the option."
+        )
+    _check_config(slider)
+    return slider
+
+
+def _read_file(path: Path, module_names: Iterable[str] | None, lora_alpha: float | None) -> SliderFile:
     source = repr(str(path))
     tensors, header = load_tensors(path)
+    save_id = header.get(SAVE_ID_KEY)
     try:
         metadata = SliderMetadata.from_header(header)
     except ValueError as error:
@@ -560,12 +812,13 @@ def read_slider(
         except ValueError as error:
             raise SliderFileError(f"{source}: {error}") from None
         _check_lora_tensors(tensors, source)
-        return SliderFile(tensors, _config_from_alphas(tensors, alphas), metadata, source, "comfyui", "unet")
+        config = _config_from_alphas(tensors, alphas)
+        return SliderFile(tensors, config, metadata, source, "comfyui", "unet", save_id)
     if keys and all(key.startswith(PEFT_PREFIX) for key in keys):
         tensors = {key.removeprefix(PEFT_PREFIX): value for key, value in tensors.items()}
         _check_lora_tensors(tensors, source)
         config = read_peft_config(path, source)
-        return SliderFile(tensors, _lora_config_dict(config), metadata, source, "peft")
+        return SliderFile(tensors, _lora_config_dict(config), metadata, source, "peft", save_id=save_id)
     for component in ("unet", "transformer"):
         prefix = component + "."
         if keys and all(key.startswith(prefix) for key in keys):
@@ -578,20 +831,19 @@ def read_slider(
                     raise SliderFileError(f"{source}: {error}") from None
                 _check_lora_tensors(tensors, source)
                 config = _config_from_alphas(tensors, alphas)
-                return SliderFile(tensors, config, metadata, source, "comfyui", component)
+                return SliderFile(tensors, config, metadata, source, "comfyui", component, save_id)
             tensors = {key.removeprefix(prefix): value for key, value in tensors.items()}
             _check_lora_tensors(tensors, source)
-            try:
-                packed = json.loads(raw)
-            except json.JSONDecodeError as error:
-                message = f"{source}: header entry {_LORA_ADAPTER_METADATA_KEY!r} is not JSON: {error}."
-                raise SliderFileError(message) from None
+            packed = _packed_config(raw, source)
             config = {key.removeprefix(prefix): value for key, value in packed.items() if key.startswith(prefix)}
-            return SliderFile(tensors, _lora_config_dict(config), metadata, source, "diffusers", component)
+            return SliderFile(tensors, _lora_config_dict(config), metadata, source, "diffusers", component, save_id)
+    if keys and all(re.fullmatch(r".+\.lora_[AB]\.weight", key) for key in keys):
+        return _read_checkpoint(path, tensors, header, metadata, lora_alpha)
     shown = ", ".join(keys[:3]) if keys else "none"
     raise SliderFileError(
         f"{source}: keys are in no slider layout peft_slider reads (diffusers `unet.`/`transformer.`, PEFT "
-        f"`base_model.model.`, kohya `lora_unet_`, all in one file); first keys: {shown}."
+        f"`base_model.model.`, kohya `lora_unet_`, a trainer checkpoint's bare `<module>.lora_A.weight`, all in one "
+        f"file); first keys: {shown}."
     )
 
 
@@ -658,8 +910,12 @@ def _resolve_source(path_or_repo: str | os.PathLike, weight_name: str | None, **
     if path.exists():
         return path
     text = os.fspath(path_or_repo)
-    if not REPO_ID.fullmatch(text):
-        raise SliderFileError(f"{text!r} is neither an existing file or folder nor a Hub repo id ('owner/name').")
+    # A PathLike is a local path by the caller's own choice of type.
+    if isinstance(path_or_repo, os.PathLike) or not is_repo_id(text):
+        raise SliderFileError(
+            f"`path_or_repo` {text!r} is a local path that does not exist (looked at {str(path.absolute())!r}); fix "
+            "the path. (A Hub repo is named 'owner/name'.)"
+        )
     from .hub import download_slider
 
     return download_slider(text, weight_name=weight_name, **hub_options)
@@ -682,6 +938,7 @@ def load_slider(
     adapter_name: str,
     weight_name: str | None = None,
     strength: float | None = None,
+    lora_alpha: float | None = None,
     token: str | bool | None = None,
     revision: str | None = None,
     endpoint: str | None = None,
@@ -695,15 +952,18 @@ def load_slider(
         pipe (`DiffusionPipeline`):
             A pipeline with diffusers LoRA support (`load_lora_weights`).
         path_or_repo (`str` or `os.PathLike`):
-            A `.safetensors` file, a folder written by `save_slider`, or a Hub repo id.
+            A `.safetensors` file, a folder written by `save_slider`, a trainer checkpoint folder (`checkpoint-N/`), or
+            a Hub repo id (``"owner/name"``; a path that does not exist is never sent to the Hub).
         adapter_name (`str`):
             The adapter name to load under; must be new to the pipeline.
         weight_name (`str`, *optional*):
-            The file to read in a folder or repo.
+            The file to read in a folder or repo; needed when a folder's slider files are not from one save.
         strength (`float`, *optional*):
             Set the slider's strength after loading (as `pipe.set_adapters` would, other adapters untouched).
             Either way the adapters that were active stay active, at their weights, beside the new one (diffusers'
             own `load_lora_weights` switches them off), so sliders compose.
+        lora_alpha (`float`, *optional*):
+            For a trainer checkpoint, which records no alpha: the training's `--lora_alpha` (see `read_slider`).
         token (`str` or `bool`, *optional*):
             Hub token for a private repo; by default the one `hf auth login` saved.
         revision (`str`, *optional*):
@@ -750,7 +1010,10 @@ def load_slider(
     denoiser = denoiser_of(pipe)
     source = _resolve_source(path_or_repo, weight_name, token=token, revision=revision, endpoint=endpoint)
     slider = read_slider(
-        source, weight_name=weight_name, module_names=[name for name, _ in denoiser.named_modules() if name]
+        source,
+        weight_name=weight_name,
+        module_names=[name for name, _ in denoiser.named_modules() if name],
+        lora_alpha=lora_alpha,
     )
     _check_fits(slider, denoiser)
     from ..training.adapters import AdapterState, active_adapter_names, adapter_layers, set_active, set_weight
@@ -794,12 +1057,15 @@ def convert_slider(
     architecture: str | None = None,
     weight_name: str | None = None,
     pipeline_class: type | None = None,
+    lora_alpha: float | None = None,
 ) -> Path:
-    """Convert a slider file between the diffusers, PEFT and ComfyUI formats.
+    """Convert a slider file between the diffusers, PEFT and ComfyUI formats, or turn a trainer checkpoint into one.
+
+    The files are written as `save_slider` writes them: all or nothing, with a fresh save id.
 
     Args:
         src (`str` or `os.PathLike`):
-            The slider file or folder.
+            The slider file or folder, or a trainer checkpoint folder (`checkpoint-N/`).
         dst (`str` or `os.PathLike`):
             The output folder (for ``"comfyui"`` a `.safetensors` path is also accepted).
         to (`str`):
@@ -810,6 +1076,8 @@ def convert_slider(
             The file to read in a folder.
         pipeline_class (`type`, *optional*):
             For ``"diffusers"``: the pipeline class whose `save_lora_weights` writes the file.
+        lora_alpha (`float`, *optional*):
+            For a trainer checkpoint, which records no alpha: the training's `--lora_alpha` (see `read_slider`).
 
     Returns:
         `pathlib.Path`: the weight file written.
@@ -832,7 +1100,7 @@ def convert_slider(
     """
     if to not in FORMATS:
         raise ValueError(f"`to` must be one of {FORMATS}, got {to!r}.")
-    slider = read_slider(src, weight_name=weight_name)
+    slider = read_slider(src, weight_name=weight_name, lora_alpha=lora_alpha)
     if architecture is not None:
         from ..targeting.targets import TargetingError, find_architecture
 
@@ -850,6 +1118,6 @@ def convert_slider(
         )
     dst = Path(dst)
     if to == "comfyui" and dst.suffix == ".safetensors":
-        return _write_comfyui(slider, dst)
+        return _write_comfyui(_publishable(dataclasses.replace(slider, save_id=uuid.uuid4().hex)), dst)
     # A file of unknown family keeps the component its keys named (kohya `lora_unet_` files are UNet sliders).
     return _write(slider, dst, [to], pipeline_class=pipeline_class, component=slider.component)[to]

@@ -11,14 +11,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from ..targeting.architectures import SCOPES
 from ..utils.checks import check_finite, is_finite_number
 
-__all__ = ["HEADER_PREFIX", "SliderMetadata", "read_safetensors_header"]
+__all__ = ["HEADER_PREFIX", "SliderMetadata", "public_model_name", "read_safetensors_header"]
 
 HEADER_PREFIX = "peft_slider."
 """Prefix of the slider keys in a safetensors header (`peft_slider.concept`, `peft_slider.architecture`, ...)."""
@@ -30,18 +32,67 @@ def _package_version() -> str:
     return __version__
 
 
+# Local paths to a Hub snapshot (huggingface_hub's cache layout) still name the repo: models--owner--name/snapshots/...
+_CACHE_FOLDER = re.compile(r"models--(?P<owner>[\w.-]+?)--(?P<name>[\w.-]+)")
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*/[A-Za-z0-9_][\w.-]*")
+
+
+def public_model_name(value: str) -> str:
+    """What a saved slider records for its base model: a Hub id as it is; for a local path, the Hub id of the cached
+    snapshot it points into (`.../models--owner--name/snapshots/<sha>`), else only the folder's name.
+
+    Example:
+
+    ```py
+    >>> from peft_slider.formats.metadata import public_model_name
+    >>> public_model_name("black-forest-labs/FLUX.1-dev")
+    'black-forest-labs/FLUX.1-dev'
+    >>> public_model_name("/home/me/.cache/huggingface/hub/models--stabilityai--sdxl-turbo/snapshots/abc123")
+    'stabilityai/sdxl-turbo'
+    >>> public_model_name("/home/me/models/my-sdxl")
+    'my-sdxl'
+    ```
+    """
+    local = (
+        os.path.isabs(value)
+        or "\\" in value
+        or value.startswith(("~", "."))
+        or value.count("/") > 1
+        or (value.count("/") == 1 and not _HUB_ID.fullmatch(value))
+        or os.path.isdir(value)
+    )
+    if not local:
+        return value
+    parts = PureWindowsPath(value).parts if "\\" in value else Path(value).parts
+    for part in reversed(parts):
+        match = _CACHE_FOLDER.fullmatch(part)
+        if match:
+            return f"{match['owner']}/{match['name']}"
+    names = [part for part in parts if part not in ("", ".", "..", "/", "~") and not part.endswith((":\\", ":"))]
+    return names[-1] if names else "local model"
+
+
+def _check_number(value: Any, name: str) -> float:
+    # A huge int is finite, but no float holds it: say so instead of raising OverflowError.
+    try:
+        return check_finite(value, argument=name)
+    except OverflowError:
+        raise ValueError(f"`{name}` must be a finite number, got an integer of {len(str(value))} digits.") from None
+
+
 def _check_range(value: Any, name: str) -> tuple[float, float] | None:
     if value is None:
         return None
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__") or len(value) != 2:
         raise ValueError(f"`{name}` must be a (min, max) pair of numbers such as (-2.0, 2.0), got {value!r}.")
     low, high = value
     for number in (low, high):
         if not is_finite_number(number):
             raise ValueError(f"`{name}` must hold two finite numbers such as (-2.0, 2.0), got {value!r}.")
+    low, high = _check_number(low, name), _check_number(high, name)
     if low > high:
         raise ValueError(f"`{name}` must be (min, max) with min <= max, got {value!r}; swap the two numbers.")
-    return float(low), float(high)
+    return low, high
 
 
 def _check_text(value: Any, name: str) -> None:
@@ -145,7 +196,7 @@ class SliderMetadata:
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
             raise ValueError(f"`rank` must be a positive int, got {self.rank!r}.")
         if self.alpha is not None:
-            self.alpha = check_finite(self.alpha, argument="alpha")
+            self.alpha = _check_number(self.alpha, "alpha")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields that are set, as JSON-ready values (ranges as lists)."""
@@ -182,8 +233,9 @@ class SliderMetadata:
                 continue
             try:
                 values[name] = json.loads(text)
-            except (TypeError, json.JSONDecodeError) as error:
-                raise ValueError(f"Header entry {key!r} is not valid JSON ({error}): {text!r}.") from None
+            except (TypeError, ValueError) as error:  # ValueError also for an int of more than 4300 digits
+                shown = text if len(str(text)) <= 80 else f"{str(text)[:80]}..."
+                raise ValueError(f"Header entry {key!r} is not valid JSON ({error}): {shown!r}.") from None
         if not values:
             return None
         values.setdefault("peft_slider_version", None)

@@ -5,7 +5,7 @@
 - `imports`: `lazy_exports`, the packages' re-exports imported on first use.
 """
 
-from .checks import REPO_ID, check_finite, check_seed, is_finite_number, is_real_number
+from .checks import REPO_ID, check_finite, check_seed, is_finite_number, is_real_number, is_repo_id
 from .imports import lazy_exports
 
-__all__ = ["REPO_ID", "check_finite", "check_seed", "is_finite_number", "is_real_number", "lazy_exports"]
+__all__ = ["REPO_ID", "check_finite", "check_seed", "is_finite_number", "is_real_number", "is_repo_id", "lazy_exports"]

@@ -13,10 +13,13 @@ import numbers
 import re
 from typing import Any
 
-__all__ = ["REPO_ID", "check_finite", "check_seed", "is_finite_number", "is_real_number"]
+__all__ = ["REPO_ID", "check_finite", "check_seed", "is_finite_number", "is_real_number", "is_repo_id"]
 
-# A Hub repo id, "owner/name" (a bare name would be mistaken for a missing local file).
-REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+# A Hub repo id, "owner/name" (a bare name would be mistaken for a missing local file). Neither part starts with a
+# dot or a dash, so `./x` and `../x` are local paths.
+REPO_ID = re.compile(r"[A-Za-z0-9_][\w.-]*/[A-Za-z0-9_][\w.-]*")
+# Suffixes that make a name a file, never a Hub repo ("owner/slider.safetensors" is a local path).
+_FILE_SUFFIXES = (".safetensors", ".json", ".bin", ".pt", ".pth", ".ckpt")
 
 _SEED_LIMIT = 2**63  # torch generators take seeds up to 2**64 - 1; 2**63 leaves room for `seed + epoch`
 
@@ -115,3 +118,14 @@ def check_seed(seed: Any, *, argument: str = "seed") -> int:
             f"{_label(argument)} must be an integer in [0, 2**63), got {seed!r}; pass a non-negative int such as 0."
         )
     return int(seed)
+
+
+def is_repo_id(text: str) -> bool:
+    """Whether `text` names a Hub repo (``"owner/name"``) rather than a local path: `./x`, `../x`, `x.safetensors`,
+    `dir/x.safetensors` and absolute paths are local, so a missing local file never turns into a Hub request."""
+    return (
+        isinstance(text, str)
+        and REPO_ID.fullmatch(text) is not None
+        and ".." not in text
+        and not text.lower().endswith(_FILE_SUFFIXES)
+    )
