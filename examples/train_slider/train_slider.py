@@ -27,7 +27,23 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # families.py and toy.py beside this file
 
+from checkpoints import (  # noqa: E402
+    CheckpointError,
+    CheckpointParts,
+    check_checkpoint,
+    checkpoint_folders,
+    clean_staging,
+    commit_files,
+    load_checkpoint,
+    read_state,
+    resolve_checkpoint,
+    run_differences,
+    save_checkpoint,
+    stage_folder,
+    write_text_atomic,
+)
 from families import (  # noqa: E402
+    FAMILIES,
     Conditioning,
     Family,
     collate_conditioning,
@@ -62,12 +78,72 @@ REAL_DEFAULTS = {
     "validation_num_inference_steps": 28,
     "checkpointing_steps": 500,
 }
+# The options that decide what a run trains: a checkpoint resumes only into a run with the same values. Output,
+# checkpointing, validation and logging options, and the length of the run, may change between sessions.
+RUN_OPTIONS = (
+    "pretrained_model_name_or_path",
+    "revision",
+    "variant",
+    "tiny_family",
+    "tiny_base_fit_steps",
+    "assistant_lora",
+    "assistant_adapter_name",
+    "dataloader_config",
+    "data_root",
+    "resolution",
+    "train_batch_size",
+    "latent_sampling",
+    "max_sequence_length",
+    "rank",
+    "lora_alpha",
+    "lora_dropout",
+    "scope",
+    "adapter_name",
+    "neutral_objective",
+    "neutral_strength",
+    "sigma_sampling",
+    "logit_mean",
+    "logit_std",
+    "flow_shift",
+    "flux_guidance_value",
+    "learning_rate",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_weight_decay",
+    "adam_epsilon",
+    "max_grad_norm",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "gradient_accumulation_steps",
+    "mixed_precision",
+    "seed",
+)
+# What a run writes into its output folder (besides `toy/`, the toy run's reusable data and base model).
+RUN_OUTPUTS = (
+    "train_log.jsonl",
+    "pytorch_lora_weights.safetensors",
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "sweep.png",
+    "concept_statistic.json",
+    "validation",
+)
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 # The toy run validates without classifier-free guidance: the tiny base never learnt an unconditional prediction.
 TOY_GUIDANCE = {"flux": 1.0, "zimage": 0.0}
 
 
+class UsageError(ValueError):
+    """A bad option or option combination, found before training starts; the command line exits with status 2."""
+
+
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (`input_args`, or `sys.argv[1:]` when None)."""
+    return build_parser().parse_args(input_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser."""
     parser = argparse.ArgumentParser(
         description="Train a concept-slider LoRA at each batch's signed strength. No arguments: the toy run."
     )
@@ -84,7 +160,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "--tiny_family",
         type=str,
         default=TOY_DEFAULTS["tiny_family"],
-        help="Family of the tiny local base when no model is given: flux, sd15, sdxl, sd3, zimage (default: flux).",
+        choices=sorted(family.name for family in FAMILIES.values()),
+        help="Family of the tiny local base when no model is given (default: flux).",
     )
     model.add_argument(
         "--tiny_base_fit_steps",
@@ -182,9 +259,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--max_grad_norm", type=float, default=1.0)
     optim.add_argument(
         "--lr_scheduler",
-        type=str,
+        choices=LR_SCHEDULERS,
         default="constant",
-        help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial.",
     )
     optim.add_argument("--lr_warmup_steps", type=int, default=0)
     optim.add_argument(
@@ -198,10 +274,19 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
     ckpt = parser.add_argument_group("output and checkpoints")
     ckpt.add_argument("--output_dir", type=str, default="slider-output")
+    ckpt.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Replace a previous run in --output_dir (its checkpoints, log and slider); the toy data and base stay.",
+    )
     ckpt.add_argument("--checkpointing_steps", type=int, default=None, help="Save a checkpoint every N steps.")
     ckpt.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
     ckpt.add_argument(
-        "--resume_from_checkpoint", type=str, default=None, help="'latest' or a checkpoint folder to resume from."
+        "--resume_from_checkpoint",
+        type=str,
+        default=None,
+        help="'latest' or a checkpoint folder to resume from. The checkpoint must come from a run with the same "
+        "options (model, data, slider, objective, optimiser, seed).",
     )
     ckpt.add_argument("--push_to_hub", action="store_true")
     ckpt.add_argument("--hub_model_id", type=str, default=None)
@@ -222,25 +307,104 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     log = parser.add_argument_group("logging")
     log.add_argument("--report_to", type=str, default="none", help="none, tensorboard, wandb, ... (accelerate).")
     log.add_argument("--logging_dir", type=str, default="logs")
-    return parser.parse_args(input_args)
+    verbosity = log.add_mutually_exclusive_group()
+    verbosity.add_argument("--verbose", action="store_true", help="Also show debug messages and library notices.")
+    verbosity.add_argument("--quiet", action="store_true", help="Show warnings and errors only, no progress bars.")
+    return parser
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    def positive(name: str, allow_none: bool = True) -> None:
+    """Check every option before anything is built or written; raises `UsageError` naming the option."""
+    from peft_slider.metadata import SliderMetadata
+
+    def positive(name: str) -> None:
         value = getattr(args, name)
-        if (value is None and not allow_none) or (value is not None and value <= 0):
-            raise ValueError(f"`--{name}` must be > 0, got {value!r}.")
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"`--{name}` must be > 0, got {value!r}.")
 
     for name in ("train_batch_size", "rank", "learning_rate", "max_train_steps", "resolution", "checkpointing_steps"):
         positive(name)
     for name in ("num_train_epochs", "gradient_accumulation_steps", "validation_steps", "lora_alpha"):
         positive(name)
-    if args.tiny_base_fit_steps < 0:
-        raise ValueError(f"`--tiny_base_fit_steps` must be >= 0, got {args.tiny_base_fit_steps!r}.")
+    for name in ("checkpoints_total_limit", "neutral_strength", "validation_num_inference_steps"):
+        positive(name)
+    for name in ("tiny_base_fit_steps", "lr_warmup_steps", "lora_dropout", "adam_weight_decay", "max_grad_norm"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"`--{name}` must be >= 0, got {value!r}.")
+    if not args.lora_dropout < 1:
+        raise UsageError(f"`--lora_dropout` must be < 1, got {args.lora_dropout!r}.")
     if not 0 <= args.slider_start < 1:
-        raise ValueError(f"`--slider_start` must be in [0, 1), got {args.slider_start!r}.")
-    if args.push_to_hub and not args.hub_model_id:
-        raise ValueError("`--push_to_hub` needs `--hub_model_id owner/name`.")
+        raise UsageError(f"`--slider_start` must be in [0, 1), got {args.slider_start!r}.")
+    bad = [s for s in args.validation_strengths if not math.isfinite(s)]
+    if bad:
+        raise UsageError(f"`--validation_strengths` must be finite numbers, got {args.validation_strengths!r}.")
+    for name, value in (("concept", args.concept), ("recommended_range", args.recommended_range)):
+        try:
+            SliderMetadata(**{name: tuple(value) if isinstance(value, list) else value})
+        except ValueError as error:
+            raise UsageError(f"`--{name}` {value!r} is not valid: {error}") from None
+    if args.push_to_hub:
+        if not args.hub_model_id:
+            raise UsageError("`--push_to_hub` needs `--hub_model_id owner/name`.")
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(args.hub_model_id)
+        except HFValidationError as error:
+            raise UsageError(f"`--hub_model_id` {args.hub_model_id!r} is not a repo id like 'you/name': {error}")
+    if args.validation_prompts:
+        from peft_slider.prompts import load_prompt_library
+
+        try:
+            load_prompt_library(args.validation_prompts)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"`--validation_prompts` {args.validation_prompts!r} cannot be used: {error}") from None
+    if args.resume_from_checkpoint and args.overwrite_output_dir:
+        raise UsageError(
+            "`--resume_from_checkpoint` and `--overwrite_output_dir` contradict each other: resume the run in "
+            "--output_dir, or replace it."
+        )
+
+
+def run_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that decide what the run trains, as the user gave them (`RUN_OPTIONS`); stored in checkpoints."""
+    return {name: getattr(args, name) for name in RUN_OPTIONS}
+
+
+def _check_output_dir(args: argparse.Namespace, run: dict[str, Any]) -> None:
+    """Refuse to start a new run into a folder holding another run's results, unless told to replace them."""
+    output_dir = Path(args.output_dir)
+    folders = checkpoint_folders(output_dir)
+    outputs = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    if args.resume_from_checkpoint and (folders or args.resume_from_checkpoint != "latest"):
+        return  # the checkpoint's identity is checked when it is read
+    if not folders and not outputs:
+        return
+    if args.overwrite_output_dir:
+        return
+    found = [p.name for p in folders] + outputs
+    what = "a previous run"
+    if folders:
+        try:
+            differences = run_differences(read_state(folders[-1])["run"], run)
+            what = "another run" if differences else "a previous run with the same options"
+            what += f" ({'; '.join(differences)})" if differences else ""
+        except CheckpointError:
+            pass
+    raise UsageError(
+        f"`--output_dir` {str(output_dir)!r} holds {what}: {', '.join(found[:6])}. Continue it with "
+        "`--resume_from_checkpoint latest`, replace it with `--overwrite_output_dir`, or choose a new `--output_dir`."
+    )
+
+
+def _clear_output_dir(output_dir: Path) -> None:
+    """`--overwrite_output_dir`: remove the previous run's checkpoints and outputs (not `toy/`, not other files)."""
+    for path in [*checkpoint_folders(output_dir), *(output_dir / name for name in RUN_OUTPUTS)]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
@@ -325,7 +489,7 @@ def build_cache(
 
 
 class TrainState:
-    """The loop's position, saved in every checkpoint through `accelerator.register_for_checkpointing`.
+    """The loop's position, saved in every checkpoint's `training_state.json`.
 
     `sampler` is the `SliderBatchSampler`; its state is saved with the exact number of batches the loop consumed, so
     a resumed run trains exactly the batches that were still due, in the same order and at the same strengths.
@@ -348,74 +512,6 @@ class TrainState:
         self.global_step = int(state["global_step"])
         self.iteration_start = int(state["sampler"]["step"])
         self.batches_in_iteration = 0
-
-
-def _checkpoint_folders(output_dir: Path) -> list[Path]:
-    found = [
-        (int(m.group(1)), p)
-        for p in output_dir.glob("checkpoint-*")
-        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
-    ]
-    return [p for _, p in sorted(found)]
-
-
-def _resolve_checkpoint(value: str, output_dir: Path) -> Path | None:
-    if value == "latest":
-        folders = _checkpoint_folders(output_dir)
-        return folders[-1] if folders else None
-    path = Path(value)
-    if not path.is_dir():
-        raise ValueError(
-            f"`--resume_from_checkpoint` {value!r} is not a checkpoint folder; pass 'latest' or a path such as "
-            f"{output_dir / 'checkpoint-500'}."
-        )
-    return path
-
-
-ADAPTER_CHECKPOINT = "slider_adapter.safetensors"
-
-
-def _register_adapter_hooks(accelerator, denoiser: torch.nn.Module, adapter_name: str) -> None:
-    """Checkpoints hold the slider's weights only (not the frozen base model), in a safetensors file."""
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-    from safetensors.torch import load_file, save_file
-
-    def save_hook(models, weights, output_dir):
-        for model in list(models):
-            if accelerator.unwrap_model(model) is denoiser:
-                index = models.index(model)
-                if accelerator.is_main_process:
-                    state = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
-                    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-                    save_file(tensors, os.path.join(output_dir, ADAPTER_CHECKPOINT))
-                if weights:
-                    weights.pop(index)
-
-    def load_hook(models, input_dir):
-        for model in list(models):
-            if accelerator.unwrap_model(model) is denoiser:
-                state = load_file(os.path.join(input_dir, ADAPTER_CHECKPOINT))
-                result = set_peft_model_state_dict(denoiser, state, adapter_name=adapter_name)
-                if result.unexpected_keys:
-                    raise ValueError(
-                        f"Checkpoint {input_dir!r} does not fit this slider: unexpected keys "
-                        f"{list(result.unexpected_keys)[:3]}. Resume with the same model and --rank/--scope."
-                    )
-                models.remove(model)
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None) -> Path:
-    path = output_dir / f"checkpoint-{step}"
-    if accelerator.is_main_process and limit is not None:
-        folders = _checkpoint_folders(output_dir)
-        for old in folders[: max(0, len(folders) - limit + 1)]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(path))
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -542,9 +638,10 @@ def _prepare_toy(args: argparse.Namespace, accelerator) -> None:
 class SliderTraining:
     """One training run: setup in `__init__`, then `train()` and `save()`. `main` runs all three."""
 
-    def __init__(self, args: argparse.Namespace, accelerator):
+    def __init__(self, args: argparse.Namespace, accelerator, *, run: dict[str, Any] | None = None):
         self.args = args
         self.accelerator = accelerator
+        self.run = run_identity(args) if run is None else run
         self.output_dir = Path(args.output_dir)
         self.device = accelerator.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
@@ -554,6 +651,10 @@ class SliderTraining:
         self._add_slider()
         self._load_data()
         self._prepare_optimization()
+        try:  # the metadata's checks, before the first step rather than after the last
+            self.metadata()
+        except ValueError as error:
+            raise UsageError(f"The slider's metadata options are not valid: {error}") from None
 
     # ------------------------------------------------------------------------------------------------------- setup
 
@@ -673,25 +774,63 @@ class SliderTraining:
         )
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.denoiser, optimizer, lr_scheduler)
         self.state = TrainState(self.sampler)
-        accelerator.register_for_checkpointing(self.state)
-        _register_adapter_hooks(accelerator, self.denoiser, args.adapter_name)
+        self.checkpoint_parts = CheckpointParts(
+            run=self.run,
+            adapter_state=self._adapter_state,
+            load_adapter=self._load_adapter,
+            optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
+            train_state=self.state,
+            grad_scaler=accelerator.scaler,
+        )
         if accelerator.is_main_process and args.report_to != "none":
             config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
             accelerator.init_trackers("train_slider", config=config)
 
     # ------------------------------------------------------------------------------------------------------- training
 
+    def _adapter_state(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.denoiser, adapter_name=self.args.adapter_name)
+
+    def _load_adapter(self, state: dict[str, torch.Tensor]) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.denoiser, state, adapter_name=self.args.adapter_name)
+
     def resume(self) -> int | None:
-        """Load `--resume_from_checkpoint`; returns the epoch to continue, or None for a fresh start."""
+        """Load `--resume_from_checkpoint`; returns the epoch to continue, or None for a fresh start.
+
+        The whole checkpoint is checked (files, run identity, adapter keys and shapes) before anything is loaded.
+        """
         if not self.args.resume_from_checkpoint:
             return None
-        path = _resolve_checkpoint(self.args.resume_from_checkpoint, self.output_dir)
-        if path is None:
-            logger.info("No checkpoint in %s; starting a new run.", self.output_dir)
-            return None
-        logger.info("Resuming from %s", path)
-        self.accelerator.load_state(str(path))
+        try:
+            found = resolve_checkpoint(self.args.resume_from_checkpoint, self.output_dir)
+            if found is None:
+                logger.info("No checkpoint in %s; starting a new run.", self.output_dir)
+                return None
+            path, state = found
+            index = self.accelerator.process_index
+            adapter = check_checkpoint(path, state, self.run, self._adapter_state(), index)
+        except CheckpointError as error:
+            raise UsageError(str(error)) from None
+        logger.info("Resuming from %s (step %d)", path, state["step"])
+        load_checkpoint(self.checkpoint_parts, path, state, adapter, index)
         return self.sampler.epoch
+
+    def save_checkpoint(self, step: int) -> Path:
+        accelerator = self.accelerator
+        return save_checkpoint(
+            self.checkpoint_parts,
+            self.output_dir,
+            step,
+            limit=self.args.checkpoints_total_limit,
+            is_main_process=accelerator.is_main_process,
+            process_index=accelerator.process_index,
+            wait=accelerator.wait_for_everyone,
+        )
 
     def train_step(self, batch: dict[str, Any], strength: float, target_kind: str, seed: int) -> torch.Tensor:
         """One forward and backward pass of the slider at `strength` (inside `accelerator.accumulate`)."""
@@ -790,9 +929,14 @@ class SliderTraining:
             return
         kept = []
         if self.state.global_step > 0:
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            kept = [line for line in kept if json.loads(line)["step"] <= self.state.global_step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                if record["step"] <= self.state.global_step:
+                    kept.append(line)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def _log(self, epoch: int, step_in_epoch: int, info, strength: float, step_plan, loss: float) -> None:
         step = self.state.global_step
@@ -816,7 +960,7 @@ class SliderTraining:
     def _after_step(self, step: int) -> None:
         args = self.args
         if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < self.max_train_steps:
-            _save_checkpoint(self.accelerator, self.output_dir, step, args.checkpoints_total_limit)
+            self.save_checkpoint(step)
         if args.validation_steps and step % args.validation_steps == 0 and self.accelerator.is_main_process:
             path = self.output_dir / "validation" / f"step-{step:06d}"
             with self.accelerator.autocast():  # frozen weights in fp16/bf16, the slider's in float32
@@ -844,7 +988,11 @@ class SliderTraining:
         )
 
     def save(self) -> TrainResult:
-        """The final checkpoint, the slider (diffusers + PEFT formats, with metadata), the sweep image, the hub."""
+        """The final checkpoint, the slider (diffusers + PEFT formats, with metadata), the sweep image, the hub.
+
+        The slider files, the sweep and the statistic are written into a staging folder and moved into the output
+        folder only when all of them are complete, so a failure leaves the previous files (if any) as they were.
+        """
         from peft_slider.export import save_slider
 
         args, accelerator = self.args, self.accelerator
@@ -853,19 +1001,22 @@ class SliderTraining:
             self.output_dir, self.state.global_step, {}, None, None, args.pretrained_model_name_or_path, self.pipe
         )
         if args.checkpointing_steps:
-            _save_checkpoint(accelerator, self.output_dir, self.state.global_step, args.checkpoints_total_limit)
+            self.save_checkpoint(self.state.global_step)
         if accelerator.is_main_process:
             metadata = self.metadata()
             self.denoiser.eval()
-            result.slider_files = save_slider(
-                self.pipe, self.output_dir, adapter_name=args.adapter_name, metadata=metadata, comfyui=args.comfyui
+            staging = stage_folder(self.output_dir / "slider")
+            slider_files = save_slider(
+                self.pipe, staging, adapter_name=args.adapter_name, metadata=metadata, comfyui=args.comfyui
             )
-            title = args.concept or "slider"
+            title = f"{args.concept or 'slider'} - {self.family.name}"
             with accelerator.autocast():  # frozen weights in fp16/bf16, the slider's in float32
-                sweep = render_sweep(self.pipe, self.family, args, self.output_dir / "sweep.png", title=title)
+                sweep = render_sweep(self.pipe, self.family, args, staging / "sweep.png", title=title)
                 if args.toy_data:
-                    result.concept_statistic = _toy_statistic(self.pipe, args, self.family)
-            result.sweep_image = sweep
+                    result.concept_statistic = _toy_statistic(self.pipe, args, self.family, staging)
+            moved = commit_files(staging, self.output_dir)
+            result.slider_files = {kind: moved[path.name] for kind, path in slider_files.items()}
+            result.sweep_image = moved[sweep.name] if sweep is not None else None
             if args.push_to_hub:
                 _push(self.output_dir, result, metadata, args)
             names = ", ".join(p.name for p in result.slider_files.values())
@@ -881,6 +1032,7 @@ def main(args: argparse.Namespace | None = None) -> TrainResult:
 
     args = _resolve_defaults(parse_args([]) if args is None else args)
     _check_args(args)
+    run_options = run_identity(args)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -909,10 +1061,17 @@ def main(args: argparse.Namespace | None = None) -> TrainResult:
         torch.set_num_threads(1)
     try:
         if accelerator.is_main_process:
+            clean_staging(output_dir)
+        accelerator.wait_for_everyone()
+        _check_output_dir(args, run_options)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if args.overwrite_output_dir:
+                _clear_output_dir(output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)
         if args.toy_model or args.toy_data:
             _prepare_toy(args, accelerator)
-        run = SliderTraining(args, accelerator)
+        run = SliderTraining(args, accelerator, run=run_options)
         run.train()
         return run.save()
     finally:
@@ -920,8 +1079,10 @@ def main(args: argparse.Namespace | None = None) -> TrainResult:
         torch.set_num_threads(threads)
 
 
-def _toy_statistic(pipe: Any, args: argparse.Namespace, family: Family) -> dict[str, dict[float, float]]:
-    """Print and save the toy concept's statistics at each validation strength."""
+def _toy_statistic(
+    pipe: Any, args: argparse.Namespace, family: Family, folder: Path
+) -> dict[str, dict[float, float]]:
+    """Print the toy concept's statistics at each validation strength and save them to `folder`."""
     import toy
 
     direction = toy.concept_direction(pipe, args.dataloader_config, resolution=args.resolution)
@@ -942,7 +1103,7 @@ def _toy_statistic(pipe: Any, args: argparse.Namespace, family: Family) -> dict[
     for name, values in table.items():
         trend = "increases" if toy.is_increasing(list(values.values())) else "does NOT increase"
         print(f"  {name} {trend} monotonically with strength")
-    path = Path(args.output_dir) / "concept_statistic.json"
+    path = folder / "concept_statistic.json"
     saved = {name: {str(k): v for k, v in values.items()} for name, values in table.items()}
     path.write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
     return table
@@ -963,5 +1124,15 @@ def _push(output_dir: Path, result: TrainResult, metadata, args: argparse.Namesp
     logger.info("Pushed to %s", url)
 
 
+def cli(input_args: list[str] | None = None) -> None:
+    """The command line: a usage error prints the usage and the message, and exits with status 2 (as argparse)."""
+    parser = build_parser()
+    args = parser.parse_args(input_args)
+    try:
+        main(args)
+    except UsageError as error:
+        parser.error(str(error))
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    cli()
