@@ -161,7 +161,9 @@ def read_state(folder: Path) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"Checkpoint {str(folder)!r} is corrupt: {STATE_FILE} is not valid JSON ({error}).")
+        raise CheckpointError(
+            f"Checkpoint {str(folder)!r} is corrupt: {STATE_FILE} is not valid JSON ({error})."
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else None
         raise CheckpointError(f"Checkpoint {str(folder)!r} has format {found!r}; this trainer reads {FORMAT!r}.")

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -352,7 +351,9 @@ def _check_args(args: argparse.Namespace) -> None:
         try:
             validate_repo_id(args.hub_model_id)
         except HFValidationError as error:
-            raise UsageError(f"`--hub_model_id` {args.hub_model_id!r} is not a repo id like 'you/name': {error}")
+            raise UsageError(
+                f"`--hub_model_id` {args.hub_model_id!r} is not a repo id like 'you/name': {error}"
+            ) from None
     if args.validation_prompts:
         from peft_slider.prompts import load_prompt_library
 
@@ -1079,9 +1080,7 @@ def main(args: argparse.Namespace | None = None) -> TrainResult:
         torch.set_num_threads(threads)
 
 
-def _toy_statistic(
-    pipe: Any, args: argparse.Namespace, family: Family, folder: Path
-) -> dict[str, dict[float, float]]:
+def _toy_statistic(pipe: Any, args: argparse.Namespace, family: Family, folder: Path) -> dict[str, dict[float, float]]:
     """Print the toy concept's statistics at each validation strength and save them to `folder`."""
     import toy
 
