@@ -314,8 +314,9 @@ def test_assistant_adapter_is_never_scaled_or_trained(tmp_path, monkeypatch):
         "--validation_steps",
         "2",
     )
-    # Training forward passes: +1, -1, then a neutral batch (base target at 0, then +1).
-    assert [slider for slider, _ in seen] == [1.0, -1.0, 0.0, 1.0]
+    # Training forward passes: the base's loss (at 0) then +1, the same then -1, then a neutral batch (base target at
+    # 0, then +1).
+    assert [slider for slider, _ in seen] == [0.0, 1.0, 0.0, -1.0, 0.0, 1.0]
     assert {assistant for _, assistant in seen} == {3.0}  # lora_alpha / r = 6 / 2 at every pass
     transformer = result.pipeline.transformer
     after = get_peft_model_state_dict(transformer, adapter_name="assistant")

@@ -359,6 +359,16 @@ def save_checkpoint(
     return target
 
 
+def check_run(path: Path, state: dict[str, Any], run: dict[str, Any]) -> None:
+    """Raise `CheckpointError` naming every option in which the checkpoint's run differs from `run`."""
+    differences = run_differences(state["run"], run)
+    if differences:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} belongs to another run: {'; '.join(differences)}. Resume it with the same "
+            "options, or start this run in a new `--output_dir` (or pass `--overwrite_output_dir`)."
+        )
+
+
 def check_checkpoint(
     path: Path, state: dict[str, Any], run: dict[str, Any], expected: dict[str, torch.Tensor], process_index: int
 ) -> dict[str, torch.Tensor]:
@@ -368,12 +378,7 @@ def check_checkpoint(
     """
     from safetensors.torch import load_file
 
-    differences = run_differences(state["run"], run)
-    if differences:
-        raise CheckpointError(
-            f"Checkpoint {str(path)!r} belongs to another run: {'; '.join(differences)}. Resume it with the same "
-            "options, or start this run in a new `--output_dir` (or pass `--overwrite_output_dir`)."
-        )
+    check_run(path, state, run)
     if not (path / f"rng_state_{process_index}.json").is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} has no random state for process {process_index}.")
     adapter = load_file(str(path / ADAPTER_FILE))

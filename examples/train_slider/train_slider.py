@@ -30,9 +30,11 @@ from checkpoints import (  # noqa: E402
     CheckpointError,
     CheckpointParts,
     check_checkpoint,
+    check_run,
     checkpoint_folders,
     clean_staging,
     commit_files,
+    commit_folder,
     load_checkpoint,
     read_state,
     resolve_checkpoint,
@@ -358,9 +360,11 @@ def _check_args(args: argparse.Namespace) -> None:
         from peft_slider.prompts import load_prompt_library
 
         try:
-            load_prompt_library(args.validation_prompts)
+            entries = load_prompt_library(args.validation_prompts)
         except (OSError, ValueError) as error:
             raise UsageError(f"`--validation_prompts` {args.validation_prompts!r} cannot be used: {error}") from None
+        for entry in entries:
+            entry_strength(entry, args.adapter_name)
     if args.resume_from_checkpoint and args.overwrite_output_dir:
         raise UsageError(
             "`--resume_from_checkpoint` and `--overwrite_output_dir` contradict each other: resume the run in "
@@ -379,7 +383,12 @@ def _check_output_dir(args: argparse.Namespace, run: dict[str, Any]) -> None:
     folders = checkpoint_folders(output_dir)
     outputs = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
     if args.resume_from_checkpoint and (folders or args.resume_from_checkpoint != "latest"):
-        return  # the checkpoint's identity is checked when it is read
+        # Checked here, before the toy data or base could be rebuilt for other options, and again when loading.
+        try:
+            check_run(*resolve_checkpoint(args.resume_from_checkpoint, output_dir), run)
+        except CheckpointError as error:
+            raise UsageError(str(error)) from None
+        return
     if not folders and not outputs:
         return
     if args.overwrite_output_dir:
@@ -464,8 +473,11 @@ def build_cache(
     pipe: Any, family: Family, dataset: Any, *, device: torch.device, args: argparse.Namespace, chunk: int = 16
 ) -> CachedSliderDataset:
     """Encode every image with the VAE and every distinct caption with the text encoders, once."""
+    from tqdm.auto import tqdm
+
     means, stds, captions, strengths = [], [], [], []
-    for start in range(0, len(dataset), chunk):
+    quiet = getattr(args, "quiet", False)
+    for start in tqdm(range(0, len(dataset), chunk), desc="cache latents", leave=False, disable=quiet):
         samples = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
         pixels = torch.stack([sample["pixel_values"] for sample in samples]).to(device)
         mean, std = encode_images(pipe.vae, pixels)
@@ -476,7 +488,7 @@ def build_cache(
         strengths.extend(float(sample["slider_strength"]) for sample in samples)
     distinct = list(dict.fromkeys(captions))
     embeds: dict[str, Conditioning] = {}
-    for start in range(0, len(distinct), chunk):
+    for start in tqdm(range(0, len(distinct), chunk), desc="cache text embeddings", leave=False, disable=quiet):
         part = distinct[start : start + chunk]
         encoded = family.encode_prompts(pipe, part, device, args.max_sequence_length)
         cpu = {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in encoded.items()}
@@ -531,17 +543,44 @@ def _validation_call_kwargs(args: argparse.Namespace, family: Family) -> dict[st
     return kwargs
 
 
+def entry_strength(entry: Any, adapter_name: str) -> float | None:
+    """A prompt library entry's own `adapter_strength` for the slider being trained, or None (sweep it).
+
+    Raises `UsageError` for a composed strength naming adapters this run does not train.
+    """
+    strength = entry.strength
+    if isinstance(strength, dict):
+        if set(strength) != {adapter_name}:
+            raise UsageError(
+                f"`--validation_prompts` entry {entry.name!r} has `adapter_strength` {strength!r}, but this run trains "
+                f"one slider, {adapter_name!r}: give a number, or {{{adapter_name!r}: value}}."
+            )
+        strength = strength[adapter_name]
+    return None if strength is None else float(strength)
+
+
 @torch.no_grad()
 def render_sweep(pipe: Any, family: Family, args: argparse.Namespace, path: Path, *, title: str) -> Path | None:
-    """A grid of the validation prompts (rows) at the validation strengths (columns), through the pipeline mixin."""
+    """A grid of the validation prompts (rows) at the validation strengths (columns), through the pipeline mixin.
+
+    An entry with its own `adapter_strength` is rendered at that strength and at 0 (the base) only; its strength
+    becomes a column of the grid and its other cells stay grey. The PNG is written whole or not at all.
+    """
     if not args.validation_prompts:
         return None
+    from PIL import Image
+    from tqdm.auto import tqdm
+
     from peft_slider.adapters import activate_adapters
     from peft_slider.grid import format_strength, save_sweep_grid
     from peft_slider.pipeline import enable_sliders
     from peft_slider.prompts import load_prompt_library
 
     entries = load_prompt_library(args.validation_prompts)
+    own = [entry_strength(entry, args.adapter_name) for entry in entries]
+    columns = list(args.validation_strengths)
+    if any(strength is not None for strength in own):
+        columns = sorted({*columns, 0.0, *(s for s in own if s is not None)})
     enable_sliders(pipe)
     denoiser = getattr(pipe, family.denoiser)
     was_training = denoiser.training
@@ -549,31 +588,45 @@ def render_sweep(pipe: Any, family: Family, args: argparse.Namespace, path: Path
     # The assistant is a training aid (e.g. de-distillation for a turbo model): the slider is judged without it.
     if args.assistant_lora:
         activate_adapters(denoiser, slider=args.adapter_name, frozen=[])
+    rows = []
     try:
-        rows = [
-            pipe.sweep(
+        for entry, strength in tqdm(
+            list(zip(entries, own)), desc=f"validation sweep ({title})", leave=False, disable=args.quiet
+        ):
+            wanted = columns if strength is None else sorted({0.0, strength})
+            images = pipe.sweep(
                 entry.prompt,
-                args.validation_strengths,
+                wanted,
                 adapter_names=[args.adapter_name],
                 seed=entry.seed if entry.seed is not None else args.validation_seed,
                 slider_start=args.slider_start,
                 **_validation_call_kwargs(args, family),
             )
-            for entry in entries
-        ]
+            rows.append(
+                images if strength is None else [images[wanted.index(c)] if c in wanted else None for c in columns]
+            )
     finally:
         if args.assistant_lora:
             activate_adapters(denoiser, slider=args.adapter_name, frozen=[args.assistant_adapter_name])
         denoiser.train(was_training)
-    return Path(
-        save_sweep_grid(
-            rows,
-            path,
-            row_labels=[entry.name for entry in entries],
-            column_labels=[format_strength(s) for s in args.validation_strengths],
-            title=title,
-        )
+    size = next(image for row in rows for image in row if image is not None).size
+    blank = Image.new("RGB", size, (220, 220, 220))
+    rows = [[blank if image is None else image for image in row] for row in rows]
+    partial = path.with_name(f".{path.stem}.partial.png")
+    written = save_sweep_grid(
+        rows,
+        partial,
+        row_labels=[
+            f"{entry.name}: {entry.prompt}" if entry.name != entry.prompt else entry.name for entry in entries
+        ],
+        column_labels=[format_strength(s) for s in columns],
+        title=title,
+        cell_size=128,
+        font_size=14,
     )
+    final = path.with_suffix(".png")
+    os.replace(written, final)
+    return final
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -598,25 +651,63 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return hash((seed, epoch, step, rank)) % (2**63)
 
 
+TOY_OPTIONS_FILE = "toy_options.json"
+
+
+def _toy_folder_is_current(folder: Path, options: dict[str, Any]) -> bool:
+    """A toy folder is reused only if a complete build with the same options is there."""
+    try:
+        return json.loads((folder / TOY_OPTIONS_FILE).read_text(encoding="utf-8")) == options
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _build_toy_folder(folder: Path, options: dict[str, Any], build) -> None:
+    """Build into a staging folder with `build(staging)`, record the options, and rename it into place."""
+    staging = stage_folder(folder)
+    build(staging)
+    (staging / TOY_OPTIONS_FILE).write_text(json.dumps(options) + "\n", encoding="utf-8")
+    commit_folder(staging, folder)
+
+
 def _prepare_toy(args: argparse.Namespace, accelerator) -> None:
-    """Write the toy dataset and/or the tiny base (main process), and point `args` at them."""
+    """Write the toy dataset and/or the tiny base (main process), and point `args` at them.
+
+    Both are reused by later runs in the same output folder when they were built with the same options, and rebuilt
+    otherwise; each is built in a staging folder and renamed into place, so a kill never leaves half of one.
+    """
     import toy
 
-    toy_dir = Path(args.output_dir) / "toy"
+    toy_dir = Path(args.output_dir).resolve() / "toy"
     if args.toy_data:
-        config = toy_dir / "data" / "multidatabackend.json"
-        if accelerator.is_main_process and not config.is_file():
-            logger.info("Toy run: writing the synthetic lighting dataset to %s", config.parent)
-            toy.write_toy_dataset(config.parent, resolution=args.resolution, seed=args.seed)
+        data = toy_dir / "data"
+        options = {"resolution": args.resolution, "seed": args.seed}
+        if accelerator.is_main_process and not _toy_folder_is_current(data, options):
+            logger.info("Toy run: writing the synthetic lighting dataset to %s", data)
+            _build_toy_folder(
+                data,
+                options,
+                lambda staging: toy.write_toy_dataset(
+                    staging, resolution=args.resolution, seed=args.seed, data_dir=data
+                ),
+            )
+        config = data / "multidatabackend.json"
         args.dataloader_config = str(config)
         if args.validation_prompts is None:
-            args.validation_prompts = str(config.parent / "prompt_library.json")
+            args.validation_prompts = str(data / "prompt_library.json")
         if args.concept is None:
             args.concept = toy.CONCEPT
     if args.toy_model:
         base = toy_dir / f"tiny-{args.tiny_family}-base"
+        options = {
+            "family": args.tiny_family,
+            "fit_steps": args.tiny_base_fit_steps,
+            "resolution": args.resolution or 32,
+            "seed": args.seed,
+            "data": None if args.toy_data else args.dataloader_config,
+        }
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process and not (base / "model_index.json").is_file():
+        if accelerator.is_main_process and not _toy_folder_is_current(base, options):
             logger.info(
                 "Toy run: building a tiny %s pipeline, fitting its VAE decoder and denoiser to the dataset for %d "
                 "steps, saving it to %s",
@@ -624,13 +715,18 @@ def _prepare_toy(args: argparse.Namespace, accelerator) -> None:
                 args.tiny_base_fit_steps,
                 base,
             )
-            toy.build_toy_base(
-                args.tiny_family,
+            _build_toy_folder(
                 base,
-                dataloader_config=args.dataloader_config,
-                fit_steps=args.tiny_base_fit_steps,
-                resolution=args.resolution or 32,
-                seed=args.seed,
+                options,
+                lambda staging: toy.build_toy_base(
+                    args.tiny_family,
+                    staging,
+                    dataloader_config=args.dataloader_config,
+                    fit_steps=args.tiny_base_fit_steps,
+                    resolution=args.resolution or 32,
+                    seed=args.seed,
+                    progress=not args.quiet,
+                ),
             )
         args.pretrained_model_name_or_path = str(base)
     accelerator.wait_for_everyone()
@@ -666,7 +762,7 @@ class SliderTraining:
         # The real loading path, also for the toy run's tiny base.
         pipe = DiffusionPipeline.from_pretrained(
             args.pretrained_model_name_or_path,
-            torch_dtype=self.weight_dtype,
+            dtype=self.weight_dtype,
             revision=args.revision,
             variant=args.variant,
         )
@@ -775,6 +871,7 @@ class SliderTraining:
         )
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.denoiser, optimizer, lr_scheduler)
         self.state = TrainState(self.sampler)
+        self.gain = None  # moving average of base_loss - loss over signed batches, shown on the progress bar
         self.checkpoint_parts = CheckpointParts(
             run=self.run,
             adapter_state=self._adapter_state,
@@ -833,8 +930,13 @@ class SliderTraining:
             wait=accelerator.wait_for_everyone,
         )
 
-    def train_step(self, batch: dict[str, Any], strength: float, target_kind: str, seed: int) -> torch.Tensor:
-        """One forward and backward pass of the slider at `strength` (inside `accelerator.accumulate`)."""
+    def train_step(
+        self, batch: dict[str, Any], strength: float, target_kind: str, seed: int, *, measure_base: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward and backward pass of the slider at `strength` (inside `accelerator.accumulate`).
+
+        Returns the loss and, with `measure_base`, the frozen base model's loss on the same noisy batch and target.
+        """
         args, device, family = self.args, self.device, self.family
         generator = torch.Generator(device=device).manual_seed(seed)
         latents = batch["latents"].to(device)
@@ -849,6 +951,13 @@ class SliderTraining:
                 target = family.predict(self.pipe, self.denoiser, noisy, cond, args).detach()
         else:
             target = noisy.target
+        base_loss = None
+        if measure_base and target_kind != "base":
+            # The denoising loss barely moves while a slider learns (most of it is noise no model can predict); how
+            # much the slider at this batch's strength beats the base on the same batch shows what it has learnt.
+            with torch.no_grad(), self.scaler.at(0.0):
+                base_prediction = family.predict(self.pipe, self.denoiser, noisy, cond, args)
+                base_loss = self.objective.loss(base_prediction, target).detach()
         # The batch's strength holds for the forward and the backward pass (gradient checkpointing re-runs the
         # forward inside backward), and the previous scale is restored exactly on exit.
         with self.scaler.at(strength):
@@ -860,7 +969,7 @@ class SliderTraining:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss.detach(), base_loss
 
     def train(self) -> None:
         from tqdm.auto import tqdm
@@ -873,8 +982,9 @@ class SliderTraining:
         progress = tqdm(
             range(self.max_train_steps),
             initial=state.global_step,
-            desc="slider",
-            disable=not accelerator.is_local_main_process,
+            desc="train slider",
+            disable=args.quiet or not accelerator.is_local_main_process,
+            dynamic_ncols=True,
         )
         epoch = resume_epoch if resume_epoch is not None else 0
         while state.global_step < self.max_train_steps:
@@ -907,14 +1017,25 @@ class SliderTraining:
                 trained += 1
                 with accelerator.accumulate(self.model):
                     seed = _step_seed(args.seed, epoch, step_in_epoch, accelerator.process_index)
-                    loss = self.train_step(batch, step_plan.strength, step_plan.target, seed)
+                    signed = info.group != "neutral"
+                    loss, base_loss = self.train_step(
+                        batch, step_plan.strength, step_plan.target, seed, measure_base=signed
+                    )
                 if not accelerator.sync_gradients:
                     continue
                 state.global_step += 1
-                loss_value = accelerator.gather(loss.reshape(1)).mean().item()
+                losses = torch.stack([loss, loss if base_loss is None else base_loss]).reshape(1, 2)
+                loss_value, base_value = accelerator.gather(losses).mean(0).tolist()
+                base_value = base_value if base_loss is not None else None
+                if base_value is not None:
+                    gain = base_value - loss_value
+                    self.gain = gain if self.gain is None else 0.95 * self.gain + 0.05 * gain
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss_value:.4f}", strength=f"{step_plan.strength:+.2f}")
-                self._log(epoch, step_in_epoch, info, strength, step_plan, loss_value)
+                postfix = {"loss": f"{loss_value:.4f}", "strength": f"{step_plan.strength:+.2f}"}
+                if self.gain is not None:
+                    postfix["gain"] = f"{self.gain:+.4f}"
+                progress.set_postfix(postfix)
+                self._log(epoch, step_in_epoch, info, strength, step_plan, loss_value, base_value)
                 self._after_step(state.global_step)
                 if state.global_step >= self.max_train_steps:
                     break
@@ -939,11 +1060,16 @@ class SliderTraining:
                     kept.append(line)
         write_text_atomic(path, "".join(line + "\n" for line in kept))
 
-    def _log(self, epoch: int, step_in_epoch: int, info, strength: float, step_plan, loss: float) -> None:
+    def _log(
+        self, epoch: int, step_in_epoch: int, info, strength: float, step_plan, loss: float, base_loss: float | None
+    ) -> None:
         step = self.state.global_step
         if self.args.report_to != "none":
             lr = self.lr_scheduler.get_last_lr()[0]
-            self.accelerator.log({"loss": loss, "strength": step_plan.strength, "lr": lr}, step=step)
+            values = {"loss": loss, "strength": step_plan.strength, "lr": lr}
+            if base_loss is not None:
+                values["slider_gain"] = base_loss - loss
+            self.accelerator.log(values, step=step)
         if self.accelerator.is_main_process:
             record = {
                 "step": step,
@@ -954,6 +1080,9 @@ class SliderTraining:
                 "trained_strength": step_plan.strength,
                 "target": step_plan.target,
                 "loss": loss,
+                # The frozen base's loss on the same batch (signed backends only): base_loss - loss is what the
+                # slider at this strength has learnt.
+                "base_loss": base_loss,
             }
             with open(self.output_dir / "train_log.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -963,9 +1092,10 @@ class SliderTraining:
         if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < self.max_train_steps:
             self.save_checkpoint(step)
         if args.validation_steps and step % args.validation_steps == 0 and self.accelerator.is_main_process:
-            path = self.output_dir / "validation" / f"step-{step:06d}"
+            path = self.output_dir / "validation" / f"step-{step:06d}.png"
+            title = f"{args.concept or 'slider'} - {self.family.name}, step {step}"
             with self.accelerator.autocast():  # frozen weights in fp16/bf16, the slider's in float32
-                render_sweep(self.pipe, self.family, args, path, title=f"step {step}")
+                render_sweep(self.pipe, self.family, args, path, title=title)
 
     # ------------------------------------------------------------------------------------------------------- output
 
@@ -1010,7 +1140,7 @@ class SliderTraining:
             slider_files = save_slider(
                 self.pipe, staging, adapter_name=args.adapter_name, metadata=metadata, comfyui=args.comfyui
             )
-            title = f"{args.concept or 'slider'} - {self.family.name}"
+            title = f"{args.concept or 'slider'} - {self.family.name}, step {self.state.global_step}"
             with accelerator.autocast():  # frozen weights in fp16/bf16, the slider's in float32
                 sweep = render_sweep(self.pipe, self.family, args, staging / "sweep.png", title=title)
                 if args.toy_data:
@@ -1026,14 +1156,70 @@ class SliderTraining:
         return result
 
 
-def main(args: argparse.Namespace | None = None) -> TrainResult:
-    """Run training as the command line (or `args` from `parse_args([...])`) says; returns a `TrainResult`."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines written with `tqdm.write`, so they never cut through a progress bar."""
 
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def _configure_output(args: argparse.Namespace):
+    """Our messages at the chosen level through tqdm; libraries' notices and load/save bars only with --verbose.
+
+    Returns a function that restores the libraries' settings (the trainer may run inside a longer Python process).
+    """
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    saved = [
+        (module, module.get_verbosity(), module.is_progress_bar_enabled())
+        for module in (diffusers_logging, transformers_logging)
+    ]
+    if not args.verbose:
+        for module, _, _ in saved:
+            # Loading and saving the tiny base takes milliseconds; their bars and notices (e.g. transformers'
+            # "requires torchvision" on every run) only hide the trainer's own output.
+            module.set_verbosity_error()
+            module.disable_progress_bar()
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        for module, verbosity, bars in saved:
+            module.set_verbosity(verbosity)
+            (module.enable_progress_bar if bars else module.disable_progress_bar)()
+
+    return restore
+
+
+def main(args: argparse.Namespace | None = None) -> TrainResult:
+    """Run training as the command line (or `args` from `parse_args([...])`) says; returns a `TrainResult`.
+
+    Raises `UsageError` (a `ValueError`) for bad options, before the first training step.
+    """
     args = _resolve_defaults(parse_args([]) if args is None else args)
     _check_args(args)
     run_options = run_identity(args)
+    restore_output = _configure_output(args)
+    try:
+        return _run(args, run_options)
+    finally:
+        restore_output()
+
+
+def _run(args: argparse.Namespace, run_options: dict[str, Any]) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -1043,7 +1229,6 @@ def main(args: argparse.Namespace | None = None) -> TrainResult:
             project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
         ),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and accelerator.num_processes == 1:
         raise RuntimeError(
@@ -1053,7 +1238,8 @@ def main(args: argparse.Namespace | None = None) -> TrainResult:
         )
     if not accelerator.is_main_process:
         logger.setLevel(logging.WARNING)
-    logger.info("Processes: %d (%s)", accelerator.num_processes, accelerator.distributed_type)
+    level = logging.INFO if accelerator.num_processes > 1 else logging.DEBUG
+    logger.log(level, "Processes: %d (%s)", accelerator.num_processes, accelerator.distributed_type)
     set_seed(args.seed)
     threads = torch.get_num_threads()
     if args.toy_model and "OMP_NUM_THREADS" not in os.environ and accelerator.device.type == "cpu":
@@ -1087,8 +1273,11 @@ def _toy_statistic(pipe: Any, args: argparse.Namespace, family: Family, folder: 
     direction = toy.concept_direction(pipe, args.dataloader_config, resolution=args.resolution)
     kwargs = _validation_call_kwargs(args, family)
     strengths = args.validation_strengths
-    latents = toy.sweep_outputs(pipe, strengths, adapter_names=args.adapter_name, **kwargs)
-    images = toy.sweep_outputs(pipe, strengths, adapter_names=args.adapter_name, output_type="pt", **kwargs)
+    progress = not args.quiet
+    latents = toy.sweep_outputs(pipe, strengths, adapter_names=args.adapter_name, progress=progress, **kwargs)
+    images = toy.sweep_outputs(
+        pipe, strengths, adapter_names=args.adapter_name, output_type="pt", progress=progress, **kwargs
+    )
     table = {
         "latent_projection": dict(zip(strengths, toy.concept_statistic(latents, direction))),
         "right_minus_left_brightness": dict(zip(strengths, toy.lighting_statistic(images))),
