@@ -632,3 +632,44 @@ def test_resume_never_unpickles(tmp_path, name):
         pass
     assert not marker.exists()
     assert [r["step"] for r in log_records(tmp_path)] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation and output
+
+
+def test_validation_renders_an_entrys_own_adapter_strength(tmp_path):
+    from PIL import Image
+
+    library = tmp_path / "prompts.json"
+    fixed = {"prompt": "a photo of a room", "adapter_strength": 1.5}
+    library.write_text(json.dumps({"swept": "a photo of a street", "fixed": fixed}))
+    run(tmp_path / "out", "--max_train_steps", "1", "--validation_prompts", str(library))
+    grid = Image.open(tmp_path / "out" / "sweep.png")
+    labels = json.loads(grid.text["peft_slider"])
+    # The entry's strength is a column; the swept row fills every column, the fixed row only 0 and +1.5.
+    assert labels["columns"] == ["-1", "0", "+1", "+1.5"]
+    assert labels["rows"] == ["swept: a photo of a street", "fixed: a photo of a room"]
+    assert labels["title"] == "light from the right - flux, step 1"
+    assert grid.width >= 4 * 128 and grid.height >= 2 * 128  # 32 px samples shown at 128 px
+
+
+@pytest.mark.parametrize(
+    ("option", "shown", "hidden"),
+    [
+        # (verbosity option, what stderr must show, what it must not)
+        (None, ["INFO Toy run: building", "train slider: 100%", "gain="], ["Warning", "torchvision", "Traceback"]),
+        ("--quiet", [], ["INFO", "train slider", "Warning", "torchvision", "Traceback"]),
+    ],
+)
+def test_command_line_output_is_readable(tmp_path, option, shown, hidden):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(EXAMPLE / "train_slider.py"), "--output_dir", str(tmp_path), *QUICK]
+    command += ["--max_train_steps", "2", *([option] if option else [])]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for text in shown:
+        assert text in completed.stderr, completed.stderr[-3000:]
+    for text in hidden:
+        assert text not in completed.stderr, completed.stderr[-3000:]
+    assert "increases monotonically" in completed.stdout or "does NOT increase" in completed.stdout
