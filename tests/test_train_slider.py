@@ -166,6 +166,8 @@ def test_bad_options_fail_clearly(tmp_path, arguments, match):
         (["--validation_prompts", "/no/such/prompts.json"], "--validation_prompts"),
         (["--resume_from_checkpoint", "/no/such/checkpoint"], "is not a checkpoint folder"),
         (["--checkpoints_total_limit", "0"], "--checkpoints_total_limit"),
+        (["--pretrained_model_name_or_path", "/no/such/model"], "`--pretrained_model_name_or_path` '/no/such/model'"),
+        (["--dataloader_config", "/no/such/data.json"], "`--dataloader_config` '/no/such/data.json'"),
     ],
 )
 def test_bad_options_exit_2_before_the_first_step(tmp_path, capsys, arguments, match):
@@ -561,6 +563,9 @@ def test_a_new_run_never_mixes_with_an_older_one(tmp_path, second, match):
     # The older run is replaced, not mixed in: its checkpoints and log records are gone.
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
     assert [r["step"] for r in log_records(tmp_path)] == [1]
+    # The toy data and base were rebuilt for the new seed, not reused from the older run.
+    for folder in ("data", "tiny-flux-base"):
+        assert json.loads((tmp_path / "toy" / folder / "toy_options.json").read_text())["seed"] == 1
 
 
 def _rewrite_adapter(checkpoint: Path, change) -> None:

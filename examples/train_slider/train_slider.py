@@ -10,6 +10,7 @@ strength. See README.md beside this file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -365,11 +366,28 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"`--validation_prompts` {args.validation_prompts!r} cannot be used: {error}") from None
         for entry in entries:
             entry_strength(entry, args.adapter_name)
+    if args.dataloader_config and not Path(args.dataloader_config).is_file():
+        raise UsageError(
+            f"`--dataloader_config` {args.dataloader_config!r} is not a file; give the path of the dataloader JSON."
+        )
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise UsageError(f"`--data_root` {args.data_root!r} is not a folder.")
     if args.resume_from_checkpoint and args.overwrite_output_dir:
         raise UsageError(
             "`--resume_from_checkpoint` and `--overwrite_output_dir` contradict each other: resume the run in "
             "--output_dir, or replace it."
         )
+
+
+@contextlib.contextmanager
+def _usage(option: str, value: Any, *errors: type[Exception]):
+    """Report a bad value found while setting up (a ValueError, or `errors`) as a `UsageError` naming the option."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except (ValueError, *errors) as error:
+        raise UsageError(f"`{option}` {value!r}: {error}") from error
 
 
 def run_identity(args: argparse.Namespace) -> dict[str, Any]:
@@ -760,13 +778,15 @@ class SliderTraining:
 
         args = self.args
         # The real loading path, also for the toy run's tiny base.
-        pipe = DiffusionPipeline.from_pretrained(
-            args.pretrained_model_name_or_path,
-            dtype=self.weight_dtype,
-            revision=args.revision,
-            variant=args.variant,
-        )
-        self.family = family_of(pipe)
+        with _usage("--pretrained_model_name_or_path", args.pretrained_model_name_or_path, OSError):
+            pipe = DiffusionPipeline.from_pretrained(
+                args.pretrained_model_name_or_path,
+                dtype=self.weight_dtype,
+                revision=args.revision,
+                variant=args.variant,
+            )
+        with _usage("--pretrained_model_name_or_path", args.pretrained_model_name_or_path):
+            self.family = family_of(pipe)
         if args.max_sequence_length is None:
             args.max_sequence_length = self.family.max_sequence_length
             if args.toy_model and self.family.max_sequence_length is not None:
@@ -794,9 +814,13 @@ class SliderTraining:
         denoiser.add_adapter(config, adapter_name=args.adapter_name)
         if args.assistant_lora:
             # Frozen and always on; the scaler below scales only the slider, so the assistant keeps its scale.
-            add_assistant_adapter(
-                denoiser, args.assistant_lora, adapter_name=args.assistant_adapter_name, prefix=self.family.denoiser
-            )
+            with _usage("--assistant_lora", args.assistant_lora, OSError):
+                add_assistant_adapter(
+                    denoiser,
+                    args.assistant_lora,
+                    adapter_name=args.assistant_adapter_name,
+                    prefix=self.family.denoiser,
+                )
             activate_adapters(denoiser, slider=args.adapter_name, frozen=[args.assistant_adapter_name])
         self.params = [p for p in denoiser.parameters() if p.requires_grad]
         for param in self.params:
@@ -812,9 +836,10 @@ class SliderTraining:
         from peft_slider.sampler import SliderBatchSampler
 
         args, accelerator = self.args, self.accelerator
-        backends = load_simpletuner_backends(
-            args.dataloader_config, resolution=args.resolution, base_dir=args.data_root
-        )
+        with _usage("--dataloader_config", args.dataloader_config, OSError):
+            backends = load_simpletuner_backends(
+                args.dataloader_config, resolution=args.resolution, base_dir=args.data_root
+            )
         self.dataset = SliderConcatDataset(backends)
         listing = ", ".join(f"{b.name} ({len(b)} samples, strength {b.slider_strength})" for b in backends)
         logger.info("Backends: %s", listing)
@@ -828,9 +853,10 @@ class SliderTraining:
             rank=accelerator.process_index,
         )
         self.loader = DataLoader(self.cache, batch_sampler=self.sampler, collate_fn=collate, num_workers=0)
-        self.neutral = NeutralObjective(
-            args.neutral_objective, strength=args.neutral_strength, backends=self.dataset.backends
-        )
+        with _usage("--neutral_strength", args.neutral_strength):
+            self.neutral = NeutralObjective(
+                args.neutral_objective, strength=args.neutral_strength, backends=self.dataset.backends
+            )
         options = {}
         if is_flow_matching_scheduler(self.pipe.scheduler):
             options = {
@@ -849,7 +875,7 @@ class SliderTraining:
         args, accelerator = self.args, self.accelerator
         trainable = sum(1 for info in self.sampler.plan() if self.neutral.step(info.slider_strength).train)
         if trainable == 0:
-            raise ValueError(
+            raise UsageError(
                 "No batch of the dataset trains the slider: every backend is neutral and --neutral_objective is "
                 "'skip'. Give backends a `slider_strength` (> 0 and < 0) or choose another neutral objective."
             )
