@@ -38,6 +38,8 @@ ADAPTER_FILE = "slider_adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 _STAGING_SUFFIXES = (".partial", ".old")
+# What the trainer stages in the output folder besides checkpoints: the final outputs, the log's rewrite.
+_STAGED_NAMES = ("slider", "train_log.jsonl")
 
 
 class CheckpointError(ValueError):
@@ -116,6 +118,8 @@ def clean_staging(output_dir: Path) -> None:
         if not (name.startswith(".") and name.endswith(_STAGING_SUFFIXES)):
             continue
         original = output_dir / name[1:].rsplit(".", 1)[0]
+        if not (_CHECKPOINT.fullmatch(original.name) or original.name in _STAGED_NAMES):
+            continue  # not ours
         if name.endswith(".old") and not original.exists():
             os.replace(path, original)  # killed between the two renames of `commit_folder`
         elif path.is_dir():

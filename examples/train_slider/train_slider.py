@@ -420,9 +420,13 @@ def _check_output_dir(args: argparse.Namespace, run: dict[str, Any]) -> None:
             what += f" ({'; '.join(differences)})" if differences else ""
         except CheckpointError:
             pass
+    if folders:
+        ways = "Continue it with `--resume_from_checkpoint latest`, replace it with `--overwrite_output_dir`"
+    else:
+        ways = "It has no checkpoint to resume: replace it with `--overwrite_output_dir`"
     raise UsageError(
-        f"`--output_dir` {str(output_dir)!r} holds {what}: {', '.join(found[:6])}. Continue it with "
-        "`--resume_from_checkpoint latest`, replace it with `--overwrite_output_dir`, or choose a new `--output_dir`."
+        f"`--output_dir` {str(output_dir)!r} holds {what}: {', '.join(found[:6])}. {ways}, or choose a new "
+        "`--output_dir`."
     )
 
 
