@@ -615,6 +615,24 @@ def test_a_broken_or_foreign_checkpoint_is_refused(tmp_path, damage, options, ma
     assert (tmp_path / "train_log.jsonl").read_text() == log  # refused before anything was trained or truncated
 
 
+def test_latest_intact_resumes_before_a_broken_checkpoint_and_matches_the_uninterrupted_run(tmp_path, capfd):
+    arguments = ["--max_train_steps", "4", "--checkpointing_steps", "1", "--validation_prompts", ""]
+    straight = tmp_path / "straight"
+    run(straight, *arguments)
+    broken = tmp_path / "broken"
+    run(broken, *arguments[:1], "3", *arguments[2:])
+    _truncate(broken / "checkpoint-3" / "slider_adapter.safetensors")
+    capfd.readouterr()
+    run(broken, *arguments, "--resume_from_checkpoint", "latest_intact")
+    error = capfd.readouterr().err
+    assert "WARNING" in error and "checkpoint-3' is corrupt" in error and "checkpoint-2 instead" in error
+    assert [r["step"] for r in log_records(broken)] == [1, 2, 3, 4]
+    assert sorted(p.name for p in broken.glob("checkpoint-*")) == [f"checkpoint-{n}" for n in (1, 2, 3, 4)]
+    expected = lora_state(straight)
+    for key, value in lora_state(broken).items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-6, atol=1e-7)  # same ops, same order
+
+
 class _Bomb:
     """Unpickling this creates the file `path`: what a crafted checkpoint could do with any code."""
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -32,7 +33,11 @@ from typing import Any
 
 import torch
 
+logger = logging.getLogger("train_slider.checkpoints")
+
 FORMAT = "peft_slider.train_slider/1"
+# `--resume_from_checkpoint` values that pick a checkpoint of the output folder.
+LATEST = ("latest", "latest_intact")
 STATE_FILE = "training_state.json"
 ADAPTER_FILE = "slider_adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -181,12 +186,14 @@ def read_state(folder: Path) -> dict[str, Any]:
 
 
 def resolve_checkpoint(value: str, output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint `--resume_from_checkpoint` names (`"latest"` or a folder) and its checked state.
+    """The checkpoint `--resume_from_checkpoint` names and its checked state.
 
-    Returns None for `"latest"` when there is no checkpoint. A broken checkpoint raises `CheckpointError` naming it
-    and, where there is one, the newest intact checkpoint before it.
+    `value` is `"latest"` (the newest checkpoint, which must be intact), `"latest_intact"` (the newest intact one;
+    broken newer ones are skipped with a warning) or a folder. Returns None for `"latest"`/`"latest_intact"` when there
+    is no checkpoint. A broken checkpoint raises `CheckpointError` naming it and, where there is one, the newest intact
+    checkpoint before it.
     """
-    if value == "latest":
+    if value in LATEST:
         folders = checkpoint_folders(output_dir)
         if not folders:
             return None
@@ -195,8 +202,8 @@ def resolve_checkpoint(value: str, output_dir: Path) -> tuple[Path, dict[str, An
         path = Path(value)
         if not path.is_dir():
             raise CheckpointError(
-                f"`--resume_from_checkpoint` {value!r} is not a checkpoint folder; pass 'latest' or a path such as "
-                f"{output_dir / 'checkpoint-500'}."
+                f"`--resume_from_checkpoint` {value!r} is not a checkpoint folder; pass 'latest', 'latest_intact' or "
+                f"a path such as {output_dir / 'checkpoint-500'}."
             )
         folders = checkpoint_folders(path.parent)
     try:
@@ -205,12 +212,17 @@ def resolve_checkpoint(value: str, output_dir: Path) -> tuple[Path, dict[str, An
         earlier = [p for p in folders if _step_of(p) < _step_of(path)]
         for candidate in reversed(earlier):
             try:
-                read_state(candidate)
+                state = read_state(candidate)
             except CheckpointError:
                 continue
+            if value == "latest_intact":
+                logger.warning(
+                    "%s Resuming from %s instead (--resume_from_checkpoint latest_intact).", error, candidate
+                )
+                return candidate, state
             raise CheckpointError(
                 f"{error} The newest intact checkpoint before it is {str(candidate)!r}: resume from it with "
-                f"`--resume_from_checkpoint {candidate}`, or delete {str(path)!r}."
+                f"`--resume_from_checkpoint {candidate}` (or `latest_intact`), or delete {str(path)!r}."
             ) from None
         raise CheckpointError(f"{error} There is no intact checkpoint to resume from.") from None
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # families.py and toy.py beside this file
 
 from checkpoints import (  # noqa: E402
+    LATEST,
     CheckpointError,
     CheckpointParts,
     check_checkpoint,
@@ -287,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume_from_checkpoint",
         type=str,
         default=None,
-        help="'latest' or a checkpoint folder to resume from. The checkpoint must come from a run with the same "
-        "options (model, data, slider, objective, optimiser, seed).",
+        help="'latest', 'latest_intact' (skip broken newer checkpoints) or a checkpoint folder to resume from. The "
+        "checkpoint must come from a run with the same options (model, data, slider, objective, optimiser, seed).",
     )
     ckpt.add_argument("--push_to_hub", action="store_true")
     ckpt.add_argument("--hub_model_id", type=str, default=None)
@@ -400,7 +401,7 @@ def _check_output_dir(args: argparse.Namespace, run: dict[str, Any]) -> None:
     output_dir = Path(args.output_dir)
     folders = checkpoint_folders(output_dir)
     outputs = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
-    if args.resume_from_checkpoint and (folders or args.resume_from_checkpoint != "latest"):
+    if args.resume_from_checkpoint and (folders or args.resume_from_checkpoint not in LATEST):
         # Checked here, before the toy data or base could be rebuilt for other options, and again when loading.
         try:
             check_run(*resolve_checkpoint(args.resume_from_checkpoint, output_dir), run)
@@ -1209,6 +1210,7 @@ def _configure_output(args: argparse.Namespace):
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
     logger.addHandler(handler)
+    propagate, level = logger.propagate, logger.level
     logger.propagate = False
     logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     saved = [
@@ -1224,6 +1226,7 @@ def _configure_output(args: argparse.Namespace):
 
     def restore() -> None:
         logger.removeHandler(handler)
+        logger.propagate, logger.level = propagate, level
         for module, verbosity, bars in saved:
             module.set_verbosity(verbosity)
             (module.enable_progress_bar if bars else module.disable_progress_bar)()
