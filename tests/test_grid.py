@@ -79,6 +79,33 @@ def test_cells_are_placed_whole_in_order_with_label_regions(rows, columns, label
         assert not has_ink(array[:top, :]) and not has_ink(array[:, :left])
 
 
+@pytest.mark.parametrize(
+    ("size", "cell_size", "font_size", "shown"),
+    [
+        # (image size, cell_size, font_size, size of the image in the grid)
+        ((32, 32), 128, 16, (128, 128)),  # a tiny model's sample, 4x, sharp
+        ((48, 32), 128, None, (144, 96)),  # whole factor 3: the longer side reaches 128
+        ((256, 256), 128, 16, (256, 256)),  # never made smaller
+        ((32, 32), None, 16, (32, 32)),  # unchanged by default
+    ],
+)
+def test_cell_size_enlarges_small_images_and_labels_stay_off_them(size, cell_size, font_size, shown):
+    cells = [[Image.new("RGB", size, colour(r, c)) for c in range(3)] for r in range(2)]
+    grid = make_sweep_grid(
+        cells,
+        row_labels=["a photo of a room", "a street"],
+        column_labels=["-2", "0", "+2"],
+        title="light from the right - flux",
+        cell_size=cell_size,
+        font_size=font_size,
+    )
+    array = np.asarray(grid)
+    for r in range(2):
+        for c in range(3):
+            x0, y0, x1, y1, count = bbox_of(array, colour(r, c))
+            assert (x1 - x0, y1 - y0, count) == (*shown, shown[0] * shown[1])  # whole, not overdrawn by a label
+
+
 def test_smaller_images_are_centred_in_their_cell():
     big, small = Image.new("RGB", (20, 20), (10, 200, 30)), Image.new("RGB", (10, 6), (200, 10, 30))
     array = np.asarray(make_sweep_grid([[big, small]], padding=2))

@@ -11,6 +11,10 @@
 - The direction test: after the default toy run, the loaded slider moves the concept's statistics monotonically with
   strength -2..2 (fixed seeds), and strength 0 is bitwise the base pipeline.
 - A real 2-process gloo run (torchrun) trains the planned strengths.
+- Nothing is lost: a kill or a failing writer during a save leaves the previous checkpoint and files intact; a new
+  run never mixes with an older one in the same folder; a corrupt, incomplete or foreign checkpoint is refused before
+  anything loads; resume never unpickles; every option is checked before the first step (exit status 2 on the
+  command line).
 """
 
 from __future__ import annotations
@@ -152,6 +156,30 @@ def test_bad_options_fail_clearly(tmp_path, arguments, match):
         run(tmp_path, "--max_train_steps", "1", *arguments)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        (["--recommended_range", "2", "-2"], "recommended_range"),
+        (["--concept", " "], "concept"),
+        (["--tiny_family", "chroma"], "--tiny_family: invalid choice: 'chroma'"),
+        (["--lr_scheduler", "cosine_typo"], "--lr_scheduler: invalid choice"),
+        (["--validation_prompts", "/no/such/prompts.json"], "--validation_prompts"),
+        (["--resume_from_checkpoint", "/no/such/checkpoint"], "is not a checkpoint folder"),
+        (["--checkpoints_total_limit", "0"], "--checkpoints_total_limit"),
+        (["--pretrained_model_name_or_path", "/no/such/model"], "`--pretrained_model_name_or_path` '/no/such/model'"),
+        (["--dataloader_config", "/no/such/data.json"], "`--dataloader_config` '/no/such/data.json'"),
+    ],
+)
+def test_bad_options_exit_2_before_the_first_step(tmp_path, capsys, arguments, match):
+    # The command line: argparse's usage line and the message, status 2, no traceback, and nothing trained.
+    with pytest.raises(SystemExit) as exit_info:
+        train_slider.cli(["--output_dir", str(tmp_path), *QUICK, "--max_train_steps", "1", *arguments])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "usage:" in error and match in error and "Traceback" not in error
+    assert not (tmp_path / "train_log.jsonl").exists() and not list(tmp_path.glob("*.safetensors"))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Smoke run, resume and reload, per family
 
@@ -169,7 +197,8 @@ def test_two_step_smoke_run_resumes_and_saves_a_loadable_slider(tmp_path, family
         "sweep.png",
         "validation/step-000002.png",
         "checkpoint-1/slider_adapter.safetensors",
-        "checkpoint-1/optimizer.bin",
+        "checkpoint-1/optimizer.safetensors",
+        "checkpoint-1/training_state.json",
         "checkpoint-2/slider_adapter.safetensors",
         "concept_statistic.json",
     ):
@@ -287,8 +316,9 @@ def test_assistant_adapter_is_never_scaled_or_trained(tmp_path, monkeypatch):
         "--validation_steps",
         "2",
     )
-    # Training forward passes: +1, -1, then a neutral batch (base target at 0, then +1).
-    assert [slider for slider, _ in seen] == [1.0, -1.0, 0.0, 1.0]
+    # Training forward passes: the base's loss (at 0) then +1, the same then -1, then a neutral batch (base target at
+    # 0, then +1).
+    assert [slider for slider, _ in seen] == [0.0, 1.0, 0.0, -1.0, 0.0, 1.0]
     assert {assistant for _, assistant in seen} == {3.0}  # lora_alpha / r = 6 / 2 at every pass
     transformer = result.pipeline.transformer
     after = get_peft_model_state_dict(transformer, adapter_name="assistant")
@@ -436,3 +466,233 @@ def test_two_process_gloo_run_trains_the_planned_strengths(tmp_path):
         planned += [(epoch, info.backend) for info in sampler.plan()]
     assert [(r["epoch"], r["backend"]) for r in records] == planned[:4]
     assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Nothing lost: faults during saves, reused folders, broken and foreign checkpoints, pickles
+
+# Three steps, a checkpoint after each, at most one kept.
+FAULT_RUN = ["--max_train_steps", "3", "--checkpointing_steps", "1", "--checkpoints_total_limit", "1"]
+FAULT_RUN += ["--validation_prompts", ""]
+# Runs the trainer with safetensors' writer replaced: it writes the file, then the process kills itself, when the
+# file's path matches a pattern.
+KILLING_WRITER = """
+import os, re, signal, sys
+import safetensors.torch
+sys.path.insert(0, sys.argv[1])
+import train_slider
+original = safetensors.torch.save_file
+def save_file(tensors, filename, *args, **kwargs):
+    original(tensors, filename, *args, **kwargs)
+    if re.search(sys.argv[2], str(filename)):
+        os.kill(os.getpid(), signal.SIGKILL)
+safetensors.torch.save_file = save_file
+train_slider.main(train_slider.parse_args(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("fault", "pattern", "checkpoints_left"),
+    [
+        # (how the save fails, the file being written when it fails, the checkpoints the failure must leave)
+        ("kill", r"checkpoint-2[^/]*/slider_adapter", ["checkpoint-1"]),
+        ("disk full", r"checkpoint-2[^/]*/slider_adapter", ["checkpoint-1"]),
+        ("disk full", r"adapter_model\.safetensors", ["checkpoint-3"]),  # the final slider, after checkpoint-3
+    ],
+)
+def test_a_failed_save_loses_nothing(tmp_path, monkeypatch, fault, pattern, checkpoints_left):
+    import safetensors.torch
+
+    straight = tmp_path / "straight"
+    run(straight, *FAULT_RUN)
+    output = tmp_path / "faulty"
+    if fault == "kill":
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, "-c", KILLING_WRITER, str(EXAMPLE), pattern, "--output_dir", str(output)]
+        completed = subprocess.run([*command, *QUICK, *FAULT_RUN], env=env, capture_output=True, timeout=300)
+        assert completed.returncode == -9, completed.stderr.decode()[-3000:]
+    else:
+        original = safetensors.torch.save_file
+
+        def failing_writer(tensors, filename, *args, **kwargs):
+            if re.search(pattern, str(filename)):
+                raise OSError(28, "No space left on device", str(filename))
+            return original(tensors, filename, *args, **kwargs)
+
+        monkeypatch.setattr(safetensors.torch, "save_file", failing_writer)
+        with pytest.raises(OSError, match="No space left"):
+            run(output, *FAULT_RUN)
+        monkeypatch.undo()
+    # The newest complete checkpoint survives, nothing half-written sits in its place, no half slider is written.
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == checkpoints_left
+    for name in ("pytorch_lora_weights.safetensors", "adapter_model.safetensors", "adapter_config.json"):
+        assert not (output / name).exists(), name
+    # Resuming finishes the run exactly as the uninterrupted one.
+    run(output, *FAULT_RUN, "--resume_from_checkpoint", "latest")
+    assert [p.name for p in output.glob(".*")] == []
+    assert [r["step"] for r in log_records(output)] == [1, 2, 3]
+    expected = lora_state(straight)
+    for key, value in lora_state(output).items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-6, atol=1e-7)  # same ops, same order
+
+
+TWO_STEPS = ["--max_train_steps", "2", "--checkpointing_steps", "1", "--validation_prompts", ""]
+
+
+@pytest.mark.parametrize(
+    ("second", "match"),
+    [
+        # (the second run's options in the first run's folder, the error; None: it runs)
+        ([], r"holds a previous run with the same options: checkpoint-1, checkpoint-2, train_log.jsonl"),
+        (["--seed", "1"], r"holds another run \(`--seed` 0 in the checkpoint, 1 now\).*--overwrite_output_dir"),
+        (["--seed", "1", "--resume_from_checkpoint", "latest"], r"belongs to another run: `--seed` 0 .*, 1 now"),
+        (["--rank", "4", "--resume_from_checkpoint", "latest"], r"belongs to another run: `--lora_alpha` .*`--rank`"),
+        (["--seed", "1", "--overwrite_output_dir", "--max_train_steps", "1"], None),
+    ],
+)
+def test_a_new_run_never_mixes_with_an_older_one(tmp_path, second, match):
+    run(tmp_path, *TWO_STEPS)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    if match is not None:
+        with pytest.raises(ValueError, match=match):
+            run(tmp_path, *TWO_STEPS, *second)
+        after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        assert after == before  # nothing of the first run changed
+        return
+    run(tmp_path, *TWO_STEPS, *second)
+    # The older run is replaced, not mixed in: its checkpoints and log records are gone.
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert [r["step"] for r in log_records(tmp_path)] == [1]
+    # The toy data and base were rebuilt for the new seed, not reused from the older run.
+    for folder in ("data", "tiny-flux-base"):
+        assert json.loads((tmp_path / "toy" / folder / "toy_options.json").read_text())["seed"] == 1
+
+
+def _rewrite_adapter(checkpoint: Path, change) -> None:
+    """Rewrite a checkpoint's slider weights with `change(tensors)`, keeping its own file list's hash consistent."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    path = checkpoint / "slider_adapter.safetensors"
+    tensors = change(load_file(path))
+    save_file(tensors, path)
+    state_file = checkpoint / "training_state.json"
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        state["files"][path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        state_file.write_text(json.dumps(state))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "options", "match"),
+    [
+        # (what happened to checkpoint-3, the resuming run's options, the error)
+        (lambda c: _truncate(c / "slider_adapter.safetensors"), [], r"checkpoint-3' is corrupt.*checkpoint-2"),
+        (lambda c: (c / "slider_adapter.safetensors").unlink(), [], r"checkpoint-3' is incomplete.*checkpoint-2"),
+        (
+            lambda c: _rewrite_adapter(c, lambda t: dict(list(t.items())[1:])),
+            [],
+            r"does not fit this slider: missing adapter keys \['",
+        ),
+        (None, ["--seed", "7"], r"belongs to another run: `--seed` 0 in the checkpoint, 7 now"),
+        (None, ["--neutral_objective", "match_base"], r"`--neutral_objective` 'preserve' in the checkpoint"),
+        (None, ["--scope", "joint"], r"`--scope` 'visual' in the checkpoint, 'joint' now"),
+    ],
+)
+def test_a_broken_or_foreign_checkpoint_is_refused(tmp_path, damage, options, match):
+    arguments = ["--max_train_steps", "4", "--checkpointing_steps", "1", "--validation_prompts", ""]
+    run(tmp_path, *arguments[:1], "3", *arguments[2:])
+    if damage is not None:
+        damage(tmp_path / "checkpoint-3")
+    log = (tmp_path / "train_log.jsonl").read_text()
+    with pytest.raises(ValueError, match=match):
+        run(tmp_path, *arguments, *options, "--resume_from_checkpoint", "latest")
+    assert (tmp_path / "train_log.jsonl").read_text() == log  # refused before anything was trained or truncated
+
+
+def test_latest_intact_resumes_before_a_broken_checkpoint_and_matches_the_uninterrupted_run(tmp_path, capfd):
+    arguments = ["--max_train_steps", "4", "--checkpointing_steps", "1", "--validation_prompts", ""]
+    straight = tmp_path / "straight"
+    run(straight, *arguments)
+    broken = tmp_path / "broken"
+    run(broken, *arguments[:1], "3", *arguments[2:])
+    _truncate(broken / "checkpoint-3" / "slider_adapter.safetensors")
+    capfd.readouterr()
+    run(broken, *arguments, "--resume_from_checkpoint", "latest_intact")
+    error = capfd.readouterr().err
+    assert "WARNING" in error and "checkpoint-3' is corrupt" in error and "checkpoint-2 instead" in error
+    assert [r["step"] for r in log_records(broken)] == [1, 2, 3, 4]
+    assert sorted(p.name for p in broken.glob("checkpoint-*")) == [f"checkpoint-{n}" for n in (1, 2, 3, 4)]
+    expected = lora_state(straight)
+    for key, value in lora_state(broken).items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-6, atol=1e-7)  # same ops, same order
+
+
+class _Bomb:
+    """Unpickling this creates the file `path`: what a crafted checkpoint could do with any code."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scheduler.bin"])
+def test_resume_never_unpickles(tmp_path, name):
+    # Every pickle accelerate's save_state writes, replaced by one that runs code when loaded.
+    run(tmp_path, *TWO_STEPS)
+    marker = tmp_path / "code-ran"
+    torch.save(_Bomb(marker), tmp_path / "checkpoint-2" / name)
+    try:
+        run(tmp_path, *TWO_STEPS[:1], "3", *TWO_STEPS[2:], "--resume_from_checkpoint", "latest")
+    except Exception:  # refusing the checkpoint is fine; running its code is not
+        pass
+    assert not marker.exists()
+    assert [r["step"] for r in log_records(tmp_path)] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation and output
+
+
+def test_validation_renders_an_entrys_own_adapter_strength(tmp_path):
+    from PIL import Image
+
+    library = tmp_path / "prompts.json"
+    fixed = {"prompt": "a photo of a room", "adapter_strength": 1.5}
+    library.write_text(json.dumps({"swept": "a photo of a street", "fixed": fixed}))
+    run(tmp_path / "out", "--max_train_steps", "1", "--validation_prompts", str(library))
+    grid = Image.open(tmp_path / "out" / "sweep.png")
+    labels = json.loads(grid.text["peft_slider"])
+    # The entry's strength is a column; the swept row fills every column, the fixed row only 0 and +1.5.
+    assert labels["columns"] == ["-1", "0", "+1", "+1.5"]
+    assert labels["rows"] == ["swept: a photo of a street", "fixed: a photo of a room"]
+    assert labels["title"] == "light from the right - flux, step 1"
+    assert grid.width >= 4 * 128 and grid.height >= 2 * 128  # 32 px samples shown at 128 px
+
+
+@pytest.mark.parametrize(
+    ("option", "shown", "hidden"),
+    [
+        # (verbosity option, what stderr must show, what it must not)
+        (None, ["INFO Toy run: building", "train slider: 100%", "gain="], ["Warning", "torchvision", "Traceback"]),
+        ("--quiet", [], ["INFO", "train slider", "Warning", "torchvision", "Traceback"]),
+    ],
+)
+def test_command_line_output_is_readable(tmp_path, option, shown, hidden):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(EXAMPLE / "train_slider.py"), "--output_dir", str(tmp_path), *QUICK]
+    command += ["--max_train_steps", "2", *([option] if option else [])]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for text in shown:
+        assert text in completed.stderr, completed.stderr[-3000:]
+    for text in hidden:
+        assert text not in completed.stderr, completed.stderr[-3000:]
+    assert "increases monotonically" in completed.stdout or "does NOT increase" in completed.stdout

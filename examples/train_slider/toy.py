@@ -54,7 +54,14 @@ def _toy_images(sign: float, count: int, resolution: int, generator: torch.Gener
     return (level + tint + slope * x + texture).clamp(-1.0, 1.0)
 
 
-def write_toy_dataset(folder: str | Path, *, images_per_bucket: int = 8, resolution: int = 32, seed: int = 0) -> Path:
+def write_toy_dataset(
+    folder: str | Path,
+    *,
+    images_per_bucket: int = 8,
+    resolution: int = 32,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+) -> Path:
     """Write the toy dataset (PNG + .txt captions per bucket), its dataloader JSON and a validation prompt library.
 
     Args:
@@ -62,6 +69,8 @@ def write_toy_dataset(folder: str | Path, *, images_per_bucket: int = 8, resolut
         images_per_bucket (`int`, *optional*, defaults to `8`): Images per bucket (the same in each, as sliders need).
         resolution (`int`, *optional*, defaults to `32`): Image edge in pixels.
         seed (`int`, *optional*, defaults to `0`): Seed of the images.
+        data_dir (`str` or `pathlib.Path`, *optional*): Where the JSON says the buckets are, when `folder` is a
+            staging folder that will be renamed to `data_dir`; defaults to `folder`.
 
     Returns:
         `pathlib.Path`: the SimpleTuner-style dataloader JSON (`multidatabackend.json`), with absolute folder paths.
@@ -70,6 +79,7 @@ def write_toy_dataset(folder: str | Path, *, images_per_bucket: int = 8, resolut
     from PIL import Image
 
     folder = Path(folder).resolve()
+    data_dir = folder if data_dir is None else Path(data_dir).resolve()
     generator = torch.Generator().manual_seed(seed)
     entries: list[dict[str, Any]] = []
     for backend_id, subfolder, strength, sign in BUCKETS:
@@ -84,7 +94,7 @@ def write_toy_dataset(folder: str | Path, *, images_per_bucket: int = 8, resolut
         entry: dict[str, Any] = {
             "id": backend_id,
             "type": "local",
-            "instance_data_dir": str(target),
+            "instance_data_dir": str(data_dir / subfolder),
             "caption_strategy": "textfile",
             "resolution": resolution,
             "resolution_type": "pixel",
@@ -122,7 +132,9 @@ def _calibrate_vae(vae: Any, pixels: torch.Tensor) -> None:
         vae.register_to_config(scaling_factor=1.0 / raw.pow(2).mean().sqrt().item())
 
 
-def _fit_decoder(vae: Any, pixels: torch.Tensor, *, steps: int, batch_size: int, seed: int) -> None:
+def _fit_decoder(
+    vae: Any, pixels: torch.Tensor, *, steps: int, batch_size: int, seed: int, progress: bool = False
+) -> None:
     """Fit the VAE decoder to reconstruct the toy images from the (random, fixed) encoder's latents.
 
     A random decoder turns any latent into noise; fitted, it draws the light, so sweep images show what the slider does.
@@ -134,7 +146,7 @@ def _fit_decoder(vae: Any, pixels: torch.Tensor, *, steps: int, batch_size: int,
     optimizer = torch.optim.AdamW(parameters, lr=2e-3, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     vae.train()
-    for _ in range(steps):
+    for _ in _progress(range(steps), "fit tiny VAE decoder", progress):
         index = torch.randperm(len(latents), generator=generator)[:batch_size].tolist()
         loss = torch.nn.functional.mse_loss(vae.decode(latents[index]).sample.float(), pixels[index].float())
         loss.backward()
@@ -154,6 +166,7 @@ def build_toy_base(
     batch_size: int = 8,
     resolution: int = 32,
     seed: int = 0,
+    progress: bool = False,
 ) -> Path:
     """Build a tiny pipeline of a family, fit it to the toy images, and save it for `from_pretrained`.
 
@@ -164,6 +177,7 @@ def build_toy_base(
         fit_steps (`int`, *optional*, defaults to `300`): Full fine-tuning steps of the denoiser; 0 keeps the random
             weights (and still calibrates the VAE).
         learning_rate, batch_size, resolution, seed: Options of the fit.
+        progress (`bool`, *optional*, defaults to `False`): Show progress bars for the two fits.
 
     Returns:
         `pathlib.Path`: `folder`.
@@ -178,7 +192,7 @@ def build_toy_base(
     pixels, captions, _ = _load_images(Path(dataloader_config), resolution)
     _calibrate_vae(pipe.vae, pixels)
     if fit_steps > 0:
-        _fit_decoder(pipe.vae, pixels, steps=fit_steps, batch_size=batch_size, seed=seed)
+        _fit_decoder(pipe.vae, pixels, steps=fit_steps, batch_size=batch_size, seed=seed, progress=progress)
         latents, _ = encode_images(pipe.vae, pixels)
         max_length = tiny_call_kwargs(family_name).get("max_sequence_length")
         with torch.no_grad():
@@ -190,7 +204,7 @@ def build_toy_base(
         generator = torch.Generator().manual_seed(seed)
         options = SimpleNamespace(flux_guidance_value=1.0)
 
-        for _ in range(fit_steps):
+        for _ in _progress(range(fit_steps), f"fit tiny {family_name} denoiser", progress):
             index = torch.randperm(len(latents), generator=generator)[:batch_size].tolist()
             batch = objective.add_noise(latents[index], generator=generator)
             cond = collate_conditioning([embeds[i] for i in index])
@@ -202,6 +216,14 @@ def build_toy_base(
         denoiser.requires_grad_(False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return Path(folder)
+
+
+def _progress(iterable, description: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=description, leave=False, dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -229,6 +251,7 @@ def sweep_outputs(
     prompt: str = VALIDATION_PROMPT,
     adapter_names: str | None = None,
     output_type: str = "latent",
+    progress: bool = False,
     **call_kwargs: Any,
 ) -> list[torch.Tensor]:
     """What `pipe` generates at each strength for `seeds` (the same noise at every strength).
@@ -251,7 +274,8 @@ def sweep_outputs(
     height = call_kwargs.pop("height", 32)
     width = call_kwargs.pop("width", 32)
     results = []
-    for strength in strengths:
+    description = f"concept statistic ({'latents' if output_type == 'latent' else 'images'})"
+    for strength in _progress(strengths, description, progress):
         kwargs = dict(call_kwargs, height=height, width=width, output_type=output_type)
         kwargs["generator"] = [torch.Generator().manual_seed(seed) for seed in seeds]
         kwargs["num_images_per_prompt"] = len(seeds)

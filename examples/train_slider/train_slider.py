@@ -10,11 +10,11 @@ strength. See README.md beside this file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -27,7 +27,26 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # families.py and toy.py beside this file
 
+from checkpoints import (  # noqa: E402
+    LATEST,
+    CheckpointError,
+    CheckpointParts,
+    check_checkpoint,
+    check_run,
+    checkpoint_folders,
+    clean_staging,
+    commit_files,
+    commit_folder,
+    load_checkpoint,
+    read_state,
+    resolve_checkpoint,
+    run_differences,
+    save_checkpoint,
+    stage_folder,
+    write_text_atomic,
+)
 from families import (  # noqa: E402
+    FAMILIES,
     Conditioning,
     Family,
     collate_conditioning,
@@ -62,12 +81,72 @@ REAL_DEFAULTS = {
     "validation_num_inference_steps": 28,
     "checkpointing_steps": 500,
 }
+# The options that decide what a run trains: a checkpoint resumes only into a run with the same values. Output,
+# checkpointing, validation and logging options, and the length of the run, may change between sessions.
+RUN_OPTIONS = (
+    "pretrained_model_name_or_path",
+    "revision",
+    "variant",
+    "tiny_family",
+    "tiny_base_fit_steps",
+    "assistant_lora",
+    "assistant_adapter_name",
+    "dataloader_config",
+    "data_root",
+    "resolution",
+    "train_batch_size",
+    "latent_sampling",
+    "max_sequence_length",
+    "rank",
+    "lora_alpha",
+    "lora_dropout",
+    "scope",
+    "adapter_name",
+    "neutral_objective",
+    "neutral_strength",
+    "sigma_sampling",
+    "logit_mean",
+    "logit_std",
+    "flow_shift",
+    "flux_guidance_value",
+    "learning_rate",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_weight_decay",
+    "adam_epsilon",
+    "max_grad_norm",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "gradient_accumulation_steps",
+    "mixed_precision",
+    "seed",
+)
+# What a run writes into its output folder (besides `toy/`, the toy run's reusable data and base model).
+RUN_OUTPUTS = (
+    "train_log.jsonl",
+    "pytorch_lora_weights.safetensors",
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "sweep.png",
+    "concept_statistic.json",
+    "validation",
+)
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 # The toy run validates without classifier-free guidance: the tiny base never learnt an unconditional prediction.
 TOY_GUIDANCE = {"flux": 1.0, "zimage": 0.0}
 
 
+class UsageError(ValueError):
+    """A bad option or option combination, found before training starts; the command line exits with status 2."""
+
+
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (`input_args`, or `sys.argv[1:]` when None)."""
+    return build_parser().parse_args(input_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser."""
     parser = argparse.ArgumentParser(
         description="Train a concept-slider LoRA at each batch's signed strength. No arguments: the toy run."
     )
@@ -84,7 +163,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "--tiny_family",
         type=str,
         default=TOY_DEFAULTS["tiny_family"],
-        help="Family of the tiny local base when no model is given: flux, sd15, sdxl, sd3, zimage (default: flux).",
+        choices=sorted(family.name for family in FAMILIES.values()),
+        help="Family of the tiny local base when no model is given (default: flux).",
     )
     model.add_argument(
         "--tiny_base_fit_steps",
@@ -182,9 +262,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--max_grad_norm", type=float, default=1.0)
     optim.add_argument(
         "--lr_scheduler",
-        type=str,
+        choices=LR_SCHEDULERS,
         default="constant",
-        help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial.",
     )
     optim.add_argument("--lr_warmup_steps", type=int, default=0)
     optim.add_argument(
@@ -198,10 +277,19 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
     ckpt = parser.add_argument_group("output and checkpoints")
     ckpt.add_argument("--output_dir", type=str, default="slider-output")
+    ckpt.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Replace a previous run in --output_dir (its checkpoints, log and slider); the toy data and base stay.",
+    )
     ckpt.add_argument("--checkpointing_steps", type=int, default=None, help="Save a checkpoint every N steps.")
     ckpt.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
     ckpt.add_argument(
-        "--resume_from_checkpoint", type=str, default=None, help="'latest' or a checkpoint folder to resume from."
+        "--resume_from_checkpoint",
+        type=str,
+        default=None,
+        help="'latest', 'latest_intact' (skip broken newer checkpoints) or a checkpoint folder to resume from. The "
+        "checkpoint must come from a run with the same options (model, data, slider, objective, optimiser, seed).",
     )
     ckpt.add_argument("--push_to_hub", action="store_true")
     ckpt.add_argument("--hub_model_id", type=str, default=None)
@@ -225,25 +313,134 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     log = parser.add_argument_group("logging")
     log.add_argument("--report_to", type=str, default="none", help="none, tensorboard, wandb, ... (accelerate).")
     log.add_argument("--logging_dir", type=str, default="logs")
-    return parser.parse_args(input_args)
+    verbosity = log.add_mutually_exclusive_group()
+    verbosity.add_argument("--verbose", action="store_true", help="Also show debug messages and library notices.")
+    verbosity.add_argument("--quiet", action="store_true", help="Show warnings and errors only, no progress bars.")
+    return parser
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    def positive(name: str, allow_none: bool = True) -> None:
+    """Check every option before anything is built or written; raises `UsageError` naming the option."""
+    from peft_slider.formats.metadata import SliderMetadata
+
+    def positive(name: str) -> None:
         value = getattr(args, name)
-        if (value is None and not allow_none) or (value is not None and value <= 0):
-            raise ValueError(f"`--{name}` must be > 0, got {value!r}.")
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"`--{name}` must be > 0, got {value!r}.")
 
     for name in ("train_batch_size", "rank", "learning_rate", "max_train_steps", "resolution", "checkpointing_steps"):
         positive(name)
     for name in ("num_train_epochs", "gradient_accumulation_steps", "validation_steps", "lora_alpha"):
         positive(name)
-    if args.tiny_base_fit_steps < 0:
-        raise ValueError(f"`--tiny_base_fit_steps` must be >= 0, got {args.tiny_base_fit_steps!r}.")
+    for name in ("checkpoints_total_limit", "neutral_strength", "validation_num_inference_steps"):
+        positive(name)
+    for name in ("tiny_base_fit_steps", "lr_warmup_steps", "lora_dropout", "adam_weight_decay", "max_grad_norm"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"`--{name}` must be >= 0, got {value!r}.")
+    if not args.lora_dropout < 1:
+        raise UsageError(f"`--lora_dropout` must be < 1, got {args.lora_dropout!r}.")
     if not 0 <= args.slider_start < 1:
-        raise ValueError(f"`--slider_start` must be in [0, 1), got {args.slider_start!r}.")
-    if args.push_to_hub and not args.hub_model_id:
-        raise ValueError("`--push_to_hub` needs `--hub_model_id owner/name`.")
+        raise UsageError(f"`--slider_start` must be in [0, 1), got {args.slider_start!r}.")
+    bad = [s for s in args.validation_strengths if not math.isfinite(s)]
+    if bad:
+        raise UsageError(f"`--validation_strengths` must be finite numbers, got {args.validation_strengths!r}.")
+    for name, value in (("concept", args.concept), ("recommended_range", args.recommended_range)):
+        try:
+            SliderMetadata(**{name: tuple(value) if isinstance(value, list) else value})
+        except ValueError as error:
+            raise UsageError(f"`--{name}` {value!r} is not valid: {error}") from None
+    if args.push_to_hub:
+        if not args.hub_model_id:
+            raise UsageError("`--push_to_hub` needs `--hub_model_id owner/name`.")
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(args.hub_model_id)
+        except HFValidationError as error:
+            raise UsageError(
+                f"`--hub_model_id` {args.hub_model_id!r} is not a repo id like 'you/name': {error}"
+            ) from None
+    if args.validation_prompts:
+        from peft_slider.inference.prompts import load_prompt_library
+
+        try:
+            entries = load_prompt_library(args.validation_prompts)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"`--validation_prompts` {args.validation_prompts!r} cannot be used: {error}") from None
+        for entry in entries:
+            entry_strength(entry, args.adapter_name)
+    if args.dataloader_config and not Path(args.dataloader_config).is_file():
+        raise UsageError(
+            f"`--dataloader_config` {args.dataloader_config!r} is not a file; give the path of the dataloader JSON."
+        )
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise UsageError(f"`--data_root` {args.data_root!r} is not a folder.")
+    if args.resume_from_checkpoint and args.overwrite_output_dir:
+        raise UsageError(
+            "`--resume_from_checkpoint` and `--overwrite_output_dir` contradict each other: resume the run in "
+            "--output_dir, or replace it."
+        )
+
+
+@contextlib.contextmanager
+def _usage(option: str, value: Any, *errors: type[Exception]):
+    """Report a bad value found while setting up (a ValueError, or `errors`) as a `UsageError` naming the option."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except (ValueError, *errors) as error:
+        raise UsageError(f"`{option}` {value!r}: {error}") from error
+
+
+def run_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that decide what the run trains, as the user gave them (`RUN_OPTIONS`); stored in checkpoints."""
+    return {name: getattr(args, name) for name in RUN_OPTIONS}
+
+
+def _check_output_dir(args: argparse.Namespace, run: dict[str, Any]) -> None:
+    """Refuse to start a new run into a folder holding another run's results, unless told to replace them."""
+    output_dir = Path(args.output_dir)
+    folders = checkpoint_folders(output_dir)
+    outputs = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    if args.resume_from_checkpoint and (folders or args.resume_from_checkpoint not in LATEST):
+        # Checked here, before the toy data or base could be rebuilt for other options, and again when loading.
+        try:
+            check_run(*resolve_checkpoint(args.resume_from_checkpoint, output_dir), run)
+        except CheckpointError as error:
+            raise UsageError(str(error)) from None
+        return
+    if not folders and not outputs:
+        return
+    if args.overwrite_output_dir:
+        return
+    found = [p.name for p in folders] + outputs
+    what = "a previous run"
+    if folders:
+        try:
+            differences = run_differences(read_state(folders[-1])["run"], run)
+            what = "another run" if differences else "a previous run with the same options"
+            what += f" ({'; '.join(differences)})" if differences else ""
+        except CheckpointError:
+            pass
+    if folders:
+        ways = "Continue it with `--resume_from_checkpoint latest`, replace it with `--overwrite_output_dir`"
+    else:
+        ways = "It has no checkpoint to resume: replace it with `--overwrite_output_dir`"
+    raise UsageError(
+        f"`--output_dir` {str(output_dir)!r} holds {what}: {', '.join(found[:6])}. {ways}, or choose a new "
+        "`--output_dir`."
+    )
+
+
+def _clear_output_dir(output_dir: Path) -> None:
+    """`--overwrite_output_dir`: remove the previous run's checkpoints and outputs (not `toy/`, not other files)."""
+    for path in [*checkpoint_folders(output_dir), *(output_dir / name for name in RUN_OUTPUTS)]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
@@ -302,8 +499,11 @@ def build_cache(
     pipe: Any, family: Family, dataset: Any, *, device: torch.device, args: argparse.Namespace, chunk: int = 16
 ) -> CachedSliderDataset:
     """Encode every image with the VAE and every distinct caption with the text encoders, once."""
+    from tqdm.auto import tqdm
+
     means, stds, captions, strengths = [], [], [], []
-    for start in range(0, len(dataset), chunk):
+    quiet = getattr(args, "quiet", False)
+    for start in tqdm(range(0, len(dataset), chunk), desc="cache latents", leave=False, disable=quiet):
         samples = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
         pixels = torch.stack([sample["pixel_values"] for sample in samples]).to(device)
         mean, std = encode_images(pipe.vae, pixels)
@@ -314,7 +514,7 @@ def build_cache(
         strengths.extend(float(sample["slider_strength"]) for sample in samples)
     distinct = list(dict.fromkeys(captions))
     embeds: dict[str, Conditioning] = {}
-    for start in range(0, len(distinct), chunk):
+    for start in tqdm(range(0, len(distinct), chunk), desc="cache text embeddings", leave=False, disable=quiet):
         part = distinct[start : start + chunk]
         encoded = family.encode_prompts(pipe, part, device, args.max_sequence_length)
         cpu = {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in encoded.items()}
@@ -328,7 +528,7 @@ def build_cache(
 
 
 class TrainState:
-    """The loop's position, saved in every checkpoint through `accelerator.register_for_checkpointing`.
+    """The loop's position, saved in every checkpoint's `training_state.json`.
 
     `sampler` is the `SliderBatchSampler`; its state is saved with the exact number of batches the loop consumed, so
     a resumed run trains exactly the batches that were still due, in the same order and at the same strengths.
@@ -353,74 +553,6 @@ class TrainState:
         self.batches_in_iteration = 0
 
 
-def _checkpoint_folders(output_dir: Path) -> list[Path]:
-    found = [
-        (int(m.group(1)), p)
-        for p in output_dir.glob("checkpoint-*")
-        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
-    ]
-    return [p for _, p in sorted(found)]
-
-
-def _resolve_checkpoint(value: str, output_dir: Path) -> Path | None:
-    if value == "latest":
-        folders = _checkpoint_folders(output_dir)
-        return folders[-1] if folders else None
-    path = Path(value)
-    if not path.is_dir():
-        raise ValueError(
-            f"`--resume_from_checkpoint` {value!r} is not a checkpoint folder; pass 'latest' or a path such as "
-            f"{output_dir / 'checkpoint-500'}."
-        )
-    return path
-
-
-ADAPTER_CHECKPOINT = "slider_adapter.safetensors"
-
-
-def _register_adapter_hooks(accelerator, denoiser: torch.nn.Module, adapter_name: str) -> None:
-    """Checkpoints hold the slider's weights only (not the frozen base model), in a safetensors file."""
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-    from safetensors.torch import load_file, save_file
-
-    def save_hook(models, weights, output_dir):
-        for model in list(models):
-            if accelerator.unwrap_model(model) is denoiser:
-                index = models.index(model)
-                if accelerator.is_main_process:
-                    state = get_peft_model_state_dict(denoiser, adapter_name=adapter_name)
-                    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-                    save_file(tensors, os.path.join(output_dir, ADAPTER_CHECKPOINT))
-                if weights:
-                    weights.pop(index)
-
-    def load_hook(models, input_dir):
-        for model in list(models):
-            if accelerator.unwrap_model(model) is denoiser:
-                state = load_file(os.path.join(input_dir, ADAPTER_CHECKPOINT))
-                result = set_peft_model_state_dict(denoiser, state, adapter_name=adapter_name)
-                if result.unexpected_keys:
-                    raise ValueError(
-                        f"Checkpoint {input_dir!r} does not fit this slider: unexpected keys "
-                        f"{list(result.unexpected_keys)[:3]}. Resume with the same model and --rank/--scope."
-                    )
-                models.remove(model)
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def _save_checkpoint(accelerator, output_dir: Path, step: int, limit: int | None) -> Path:
-    path = output_dir / f"checkpoint-{step}"
-    if accelerator.is_main_process and limit is not None:
-        folders = _checkpoint_folders(output_dir)
-        for old in folders[: max(0, len(folders) - limit + 1)]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(path))
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Validation
 
@@ -437,15 +569,44 @@ def _validation_call_kwargs(args: argparse.Namespace, family: Family) -> dict[st
     return kwargs
 
 
+def entry_strength(entry: Any, adapter_name: str) -> float | None:
+    """A prompt library entry's own `adapter_strength` for the slider being trained, or None (sweep it).
+
+    Raises `UsageError` for a composed strength naming adapters this run does not train.
+    """
+    strength = entry.strength
+    if isinstance(strength, dict):
+        if set(strength) != {adapter_name}:
+            raise UsageError(
+                f"`--validation_prompts` entry {entry.name!r} has `adapter_strength` {strength!r}, but this run trains "
+                f"one slider, {adapter_name!r}: give a number, or {{{adapter_name!r}: value}}."
+            )
+        strength = strength[adapter_name]
+    return None if strength is None else float(strength)
+
+
 @torch.no_grad()
 def render_sweep(pipe: Any, family: Family, args: argparse.Namespace, path: Path, *, title: str) -> Path | None:
-    """A grid of the validation prompts (rows) at the validation strengths (columns), through the pipeline mixin."""
+    """A grid of the validation prompts (rows) at the validation strengths (columns), through the pipeline mixin.
+
+    An entry with its own `adapter_strength` is rendered at that strength and at 0 (the base) only; its strength
+    becomes a column of the grid and its other cells stay grey. The PNG is written whole or not at all.
+    """
     if not args.validation_prompts:
         return None
-    from peft_slider.inference import enable_sliders, format_strength, load_prompt_library, save_sweep_grid
-    from peft_slider.training import activate_adapters
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from peft_slider.inference.grid import format_strength, save_sweep_grid
+    from peft_slider.inference.pipeline import enable_sliders
+    from peft_slider.inference.prompts import load_prompt_library
+    from peft_slider.training.adapters import activate_adapters
 
     entries = load_prompt_library(args.validation_prompts)
+    own = [entry_strength(entry, args.adapter_name) for entry in entries]
+    columns = list(args.validation_strengths)
+    if any(strength is not None for strength in own):
+        columns = sorted({*columns, 0.0, *(s for s in own if s is not None)})
     enable_sliders(pipe)
     denoiser = getattr(pipe, family.denoiser)
     was_training = denoiser.training
@@ -453,31 +614,45 @@ def render_sweep(pipe: Any, family: Family, args: argparse.Namespace, path: Path
     # The assistant is a training aid (e.g. de-distillation for a turbo model): the slider is judged without it.
     if args.assistant_lora:
         activate_adapters(denoiser, slider=args.adapter_name, frozen=[])
+    rows = []
     try:
-        rows = [
-            pipe.sweep(
+        for entry, strength in tqdm(
+            list(zip(entries, own)), desc=f"validation sweep ({title})", leave=False, disable=args.quiet
+        ):
+            wanted = columns if strength is None else sorted({0.0, strength})
+            images = pipe.sweep(
                 entry.prompt,
-                args.validation_strengths,
+                wanted,
                 adapter_names=[args.adapter_name],
                 seed=entry.seed if entry.seed is not None else args.validation_seed,
                 slider_start=args.slider_start,
                 **_validation_call_kwargs(args, family),
             )
-            for entry in entries
-        ]
+            rows.append(
+                images if strength is None else [images[wanted.index(c)] if c in wanted else None for c in columns]
+            )
     finally:
         if args.assistant_lora:
             activate_adapters(denoiser, slider=args.adapter_name, frozen=[args.assistant_adapter_name])
         denoiser.train(was_training)
-    return Path(
-        save_sweep_grid(
-            rows,
-            path,
-            row_labels=[entry.name for entry in entries],
-            column_labels=[format_strength(s) for s in args.validation_strengths],
-            title=title,
-        )
+    size = next(image for row in rows for image in row if image is not None).size
+    blank = Image.new("RGB", size, (220, 220, 220))
+    rows = [[blank if image is None else image for image in row] for row in rows]
+    partial = path.with_name(f".{path.stem}.partial.png")
+    written = save_sweep_grid(
+        rows,
+        partial,
+        row_labels=[
+            f"{entry.name}: {entry.prompt}" if entry.name != entry.prompt else entry.name for entry in entries
+        ],
+        column_labels=[format_strength(s) for s in columns],
+        title=title,
+        cell_size=128,
+        font_size=14,
     )
+    final = path.with_suffix(".png")
+    os.replace(written, final)
+    return final
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -502,25 +677,63 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return hash((seed, epoch, step, rank)) % (2**63)
 
 
+TOY_OPTIONS_FILE = "toy_options.json"
+
+
+def _toy_folder_is_current(folder: Path, options: dict[str, Any]) -> bool:
+    """A toy folder is reused only if a complete build with the same options is there."""
+    try:
+        return json.loads((folder / TOY_OPTIONS_FILE).read_text(encoding="utf-8")) == options
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _build_toy_folder(folder: Path, options: dict[str, Any], build) -> None:
+    """Build into a staging folder with `build(staging)`, record the options, and rename it into place."""
+    staging = stage_folder(folder)
+    build(staging)
+    (staging / TOY_OPTIONS_FILE).write_text(json.dumps(options) + "\n", encoding="utf-8")
+    commit_folder(staging, folder)
+
+
 def _prepare_toy(args: argparse.Namespace, accelerator) -> None:
-    """Write the toy dataset and/or the tiny base (main process), and point `args` at them."""
+    """Write the toy dataset and/or the tiny base (main process), and point `args` at them.
+
+    Both are reused by later runs in the same output folder when they were built with the same options, and rebuilt
+    otherwise; each is built in a staging folder and renamed into place, so a kill never leaves half of one.
+    """
     import toy
 
-    toy_dir = Path(args.output_dir) / "toy"
+    toy_dir = Path(args.output_dir).resolve() / "toy"
     if args.toy_data:
-        config = toy_dir / "data" / "multidatabackend.json"
-        if accelerator.is_main_process and not config.is_file():
-            logger.info("Toy run: writing the synthetic lighting dataset to %s", config.parent)
-            toy.write_toy_dataset(config.parent, resolution=args.resolution, seed=args.seed)
+        data = toy_dir / "data"
+        options = {"resolution": args.resolution, "seed": args.seed}
+        if accelerator.is_main_process and not _toy_folder_is_current(data, options):
+            logger.info("Toy run: writing the synthetic lighting dataset to %s", data)
+            _build_toy_folder(
+                data,
+                options,
+                lambda staging: toy.write_toy_dataset(
+                    staging, resolution=args.resolution, seed=args.seed, data_dir=data
+                ),
+            )
+        config = data / "multidatabackend.json"
         args.dataloader_config = str(config)
         if args.validation_prompts is None:
-            args.validation_prompts = str(config.parent / "prompt_library.json")
+            args.validation_prompts = str(data / "prompt_library.json")
         if args.concept is None:
             args.concept = toy.CONCEPT
     if args.toy_model:
         base = toy_dir / f"tiny-{args.tiny_family}-base"
+        options = {
+            "family": args.tiny_family,
+            "fit_steps": args.tiny_base_fit_steps,
+            "resolution": args.resolution or 32,
+            "seed": args.seed,
+            "data": None if args.toy_data else args.dataloader_config,
+        }
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process and not (base / "model_index.json").is_file():
+        if accelerator.is_main_process and not _toy_folder_is_current(base, options):
             logger.info(
                 "Toy run: building a tiny %s pipeline, fitting its VAE decoder and denoiser to the dataset for %d "
                 "steps, saving it to %s",
@@ -528,13 +741,18 @@ def _prepare_toy(args: argparse.Namespace, accelerator) -> None:
                 args.tiny_base_fit_steps,
                 base,
             )
-            toy.build_toy_base(
-                args.tiny_family,
+            _build_toy_folder(
                 base,
-                dataloader_config=args.dataloader_config,
-                fit_steps=args.tiny_base_fit_steps,
-                resolution=args.resolution or 32,
-                seed=args.seed,
+                options,
+                lambda staging: toy.build_toy_base(
+                    args.tiny_family,
+                    staging,
+                    dataloader_config=args.dataloader_config,
+                    fit_steps=args.tiny_base_fit_steps,
+                    resolution=args.resolution or 32,
+                    seed=args.seed,
+                    progress=not args.quiet,
+                ),
             )
         args.pretrained_model_name_or_path = str(base)
     accelerator.wait_for_everyone()
@@ -543,9 +761,10 @@ def _prepare_toy(args: argparse.Namespace, accelerator) -> None:
 class SliderTraining:
     """One training run: setup in `__init__`, then `train()` and `save()`. `main` runs all three."""
 
-    def __init__(self, args: argparse.Namespace, accelerator):
+    def __init__(self, args: argparse.Namespace, accelerator, *, run: dict[str, Any] | None = None):
         self.args = args
         self.accelerator = accelerator
+        self.run = run_identity(args) if run is None else run
         self.output_dir = Path(args.output_dir)
         self.device = accelerator.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
@@ -555,6 +774,10 @@ class SliderTraining:
         self._add_slider()
         self._load_data()
         self._prepare_optimization()
+        try:  # the metadata's checks, before the first step rather than after the last
+            self.metadata()
+        except ValueError as error:
+            raise UsageError(f"The slider's metadata options are not valid: {error}") from None
 
     # ------------------------------------------------------------------------------------------------------- setup
 
@@ -563,13 +786,15 @@ class SliderTraining:
 
         args = self.args
         # The real loading path, also for the toy run's tiny base.
-        pipe = DiffusionPipeline.from_pretrained(
-            args.pretrained_model_name_or_path,
-            torch_dtype=self.weight_dtype,
-            revision=args.revision,
-            variant=args.variant,
-        )
-        self.family = family_of(pipe)
+        with _usage("--pretrained_model_name_or_path", args.pretrained_model_name_or_path, OSError):
+            pipe = DiffusionPipeline.from_pretrained(
+                args.pretrained_model_name_or_path,
+                dtype=self.weight_dtype,
+                revision=args.revision,
+                variant=args.variant,
+            )
+        with _usage("--pretrained_model_name_or_path", args.pretrained_model_name_or_path):
+            self.family = family_of(pipe)
         if args.max_sequence_length is None:
             args.max_sequence_length = self.family.max_sequence_length
             if args.toy_model and self.family.max_sequence_length is not None:
@@ -596,9 +821,13 @@ class SliderTraining:
         denoiser.add_adapter(config, adapter_name=args.adapter_name)
         if args.assistant_lora:
             # Frozen and always on; the scaler below scales only the slider, so the assistant keeps its scale.
-            add_assistant_adapter(
-                denoiser, args.assistant_lora, adapter_name=args.assistant_adapter_name, prefix=self.family.denoiser
-            )
+            with _usage("--assistant_lora", args.assistant_lora, OSError):
+                add_assistant_adapter(
+                    denoiser,
+                    args.assistant_lora,
+                    adapter_name=args.assistant_adapter_name,
+                    prefix=self.family.denoiser,
+                )
             activate_adapters(denoiser, slider=args.adapter_name, frozen=[args.assistant_adapter_name])
         self.params = [p for p in denoiser.parameters() if p.requires_grad]
         for param in self.params:
@@ -618,9 +847,10 @@ class SliderTraining:
         )
 
         args, accelerator = self.args, self.accelerator
-        backends = load_simpletuner_backends(
-            args.dataloader_config, resolution=args.resolution, base_dir=args.data_root
-        )
+        with _usage("--dataloader_config", args.dataloader_config, OSError):
+            backends = load_simpletuner_backends(
+                args.dataloader_config, resolution=args.resolution, base_dir=args.data_root
+            )
         self.dataset = SliderConcatDataset(backends)
         listing = ", ".join(f"{b.name} ({len(b)} samples, strength {b.slider_strength})" for b in backends)
         logger.info("Backends: %s", listing)
@@ -634,9 +864,10 @@ class SliderTraining:
             rank=accelerator.process_index,
         )
         self.loader = DataLoader(self.cache, batch_sampler=self.sampler, collate_fn=collate, num_workers=0)
-        self.neutral = NeutralObjective(
-            args.neutral_objective, strength=args.neutral_strength, backends=self.dataset.backends
-        )
+        with _usage("--neutral_strength", args.neutral_strength):
+            self.neutral = NeutralObjective(
+                args.neutral_objective, strength=args.neutral_strength, backends=self.dataset.backends
+            )
         options = {}
         if is_flow_matching_scheduler(self.pipe.scheduler):
             options = {
@@ -655,7 +886,7 @@ class SliderTraining:
         args, accelerator = self.args, self.accelerator
         trainable = sum(1 for info in self.sampler.plan() if self.neutral.step(info.slider_strength).train)
         if trainable == 0:
-            raise ValueError(
+            raise UsageError(
                 "No batch of the dataset trains the slider: every backend is neutral and --neutral_objective is "
                 "'skip'. Give backends a `slider_strength` (> 0 and < 0) or choose another neutral objective."
             )
@@ -677,28 +908,72 @@ class SliderTraining:
         )
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.denoiser, optimizer, lr_scheduler)
         self.state = TrainState(self.sampler)
-        accelerator.register_for_checkpointing(self.state)
-        _register_adapter_hooks(accelerator, self.denoiser, args.adapter_name)
+        self.gain = None  # moving average of base_loss - loss over signed batches, shown on the progress bar
+        self.checkpoint_parts = CheckpointParts(
+            run=self.run,
+            adapter_state=self._adapter_state,
+            load_adapter=self._load_adapter,
+            optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
+            train_state=self.state,
+            grad_scaler=accelerator.scaler,
+        )
         if accelerator.is_main_process and args.report_to != "none":
             config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
             accelerator.init_trackers("train_slider", config=config)
 
     # ------------------------------------------------------------------------------------------------------- training
 
+    def _adapter_state(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.denoiser, adapter_name=self.args.adapter_name)
+
+    def _load_adapter(self, state: dict[str, torch.Tensor]) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.denoiser, state, adapter_name=self.args.adapter_name)
+
     def resume(self) -> int | None:
-        """Load `--resume_from_checkpoint`; returns the epoch to continue, or None for a fresh start."""
+        """Load `--resume_from_checkpoint`; returns the epoch to continue, or None for a fresh start.
+
+        The whole checkpoint is checked (files, run identity, adapter keys and shapes) before anything is loaded.
+        """
         if not self.args.resume_from_checkpoint:
             return None
-        path = _resolve_checkpoint(self.args.resume_from_checkpoint, self.output_dir)
-        if path is None:
-            logger.info("No checkpoint in %s; starting a new run.", self.output_dir)
-            return None
-        logger.info("Resuming from %s", path)
-        self.accelerator.load_state(str(path))
+        try:
+            found = resolve_checkpoint(self.args.resume_from_checkpoint, self.output_dir)
+            if found is None:
+                logger.info("No checkpoint in %s; starting a new run.", self.output_dir)
+                return None
+            path, state = found
+            index = self.accelerator.process_index
+            adapter = check_checkpoint(path, state, self.run, self._adapter_state(), index)
+        except CheckpointError as error:
+            raise UsageError(str(error)) from None
+        logger.info("Resuming from %s (step %d)", path, state["step"])
+        load_checkpoint(self.checkpoint_parts, path, state, adapter, index)
         return self.sampler.epoch
 
-    def train_step(self, batch: dict[str, Any], strength: float, target_kind: str, seed: int) -> torch.Tensor:
-        """One forward and backward pass of the slider at `strength` (inside `accelerator.accumulate`)."""
+    def save_checkpoint(self, step: int) -> Path:
+        accelerator = self.accelerator
+        return save_checkpoint(
+            self.checkpoint_parts,
+            self.output_dir,
+            step,
+            limit=self.args.checkpoints_total_limit,
+            is_main_process=accelerator.is_main_process,
+            process_index=accelerator.process_index,
+            wait=accelerator.wait_for_everyone,
+        )
+
+    def train_step(
+        self, batch: dict[str, Any], strength: float, target_kind: str, seed: int, *, measure_base: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward and backward pass of the slider at `strength` (inside `accelerator.accumulate`).
+
+        Returns the loss and, with `measure_base`, the frozen base model's loss on the same noisy batch and target.
+        """
         args, device, family = self.args, self.device, self.family
         generator = torch.Generator(device=device).manual_seed(seed)
         latents = batch["latents"].to(device)
@@ -713,6 +988,13 @@ class SliderTraining:
                 target = family.predict(self.pipe, self.denoiser, noisy, cond, args).detach()
         else:
             target = noisy.target
+        base_loss = None
+        if measure_base and target_kind != "base":
+            # The denoising loss barely moves while a slider learns (most of it is noise no model can predict); how
+            # much the slider at this batch's strength beats the base on the same batch shows what it has learnt.
+            with torch.no_grad(), self.scaler.at(0.0):
+                base_prediction = family.predict(self.pipe, self.denoiser, noisy, cond, args)
+                base_loss = self.objective.loss(base_prediction, target).detach()
         # The batch's strength holds for the forward and the backward pass (gradient checkpointing re-runs the
         # forward inside backward), and the previous scale is restored exactly on exit.
         with self.scaler.at(strength):
@@ -724,7 +1006,7 @@ class SliderTraining:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss.detach(), base_loss
 
     def train(self) -> None:
         from tqdm.auto import tqdm
@@ -737,8 +1019,9 @@ class SliderTraining:
         progress = tqdm(
             range(self.max_train_steps),
             initial=state.global_step,
-            desc="slider",
-            disable=not accelerator.is_local_main_process,
+            desc="train slider",
+            disable=args.quiet or not accelerator.is_local_main_process,
+            dynamic_ncols=True,
         )
         epoch = resume_epoch if resume_epoch is not None else 0
         while state.global_step < self.max_train_steps:
@@ -771,14 +1054,25 @@ class SliderTraining:
                 trained += 1
                 with accelerator.accumulate(self.model):
                     seed = _step_seed(args.seed, epoch, step_in_epoch, accelerator.process_index)
-                    loss = self.train_step(batch, step_plan.strength, step_plan.target, seed)
+                    signed = info.group != "neutral"
+                    loss, base_loss = self.train_step(
+                        batch, step_plan.strength, step_plan.target, seed, measure_base=signed
+                    )
                 if not accelerator.sync_gradients:
                     continue
                 state.global_step += 1
-                loss_value = accelerator.gather(loss.reshape(1)).mean().item()
+                losses = torch.stack([loss, loss if base_loss is None else base_loss]).reshape(1, 2)
+                loss_value, base_value = accelerator.gather(losses).mean(0).tolist()
+                base_value = base_value if base_loss is not None else None
+                if base_value is not None:
+                    gain = base_value - loss_value
+                    self.gain = gain if self.gain is None else 0.95 * self.gain + 0.05 * gain
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss_value:.4f}", strength=f"{step_plan.strength:+.2f}")
-                self._log(epoch, step_in_epoch, info, strength, step_plan, loss_value)
+                postfix = {"loss": f"{loss_value:.4f}", "strength": f"{step_plan.strength:+.2f}"}
+                if self.gain is not None:
+                    postfix["gain"] = f"{self.gain:+.4f}"
+                progress.set_postfix(postfix)
+                self._log(epoch, step_in_epoch, info, strength, step_plan, loss_value, base_value)
                 self._after_step(state.global_step)
                 if state.global_step >= self.max_train_steps:
                     break
@@ -794,15 +1088,25 @@ class SliderTraining:
             return
         kept = []
         if self.state.global_step > 0:
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            kept = [line for line in kept if json.loads(line)["step"] <= self.state.global_step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                if record["step"] <= self.state.global_step:
+                    kept.append(line)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
-    def _log(self, epoch: int, step_in_epoch: int, info, strength: float, step_plan, loss: float) -> None:
+    def _log(
+        self, epoch: int, step_in_epoch: int, info, strength: float, step_plan, loss: float, base_loss: float | None
+    ) -> None:
         step = self.state.global_step
         if self.args.report_to != "none":
             lr = self.lr_scheduler.get_last_lr()[0]
-            self.accelerator.log({"loss": loss, "strength": step_plan.strength, "lr": lr}, step=step)
+            values = {"loss": loss, "strength": step_plan.strength, "lr": lr}
+            if base_loss is not None:
+                values["slider_gain"] = base_loss - loss
+            self.accelerator.log(values, step=step)
         if self.accelerator.is_main_process:
             record = {
                 "step": step,
@@ -813,6 +1117,9 @@ class SliderTraining:
                 "trained_strength": step_plan.strength,
                 "target": step_plan.target,
                 "loss": loss,
+                # The frozen base's loss on the same batch (signed backends only): base_loss - loss is what the
+                # slider at this strength has learnt.
+                "base_loss": base_loss,
             }
             with open(self.output_dir / "train_log.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -820,11 +1127,12 @@ class SliderTraining:
     def _after_step(self, step: int) -> None:
         args = self.args
         if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < self.max_train_steps:
-            _save_checkpoint(self.accelerator, self.output_dir, step, args.checkpoints_total_limit)
+            self.save_checkpoint(step)
         if args.validation_steps and step % args.validation_steps == 0 and self.accelerator.is_main_process:
-            path = self.output_dir / "validation" / f"step-{step:06d}"
+            path = self.output_dir / "validation" / f"step-{step:06d}.png"
+            title = f"{args.concept or 'slider'} - {self.family.name}, step {step}"
             with self.accelerator.autocast():  # frozen weights in fp16/bf16, the slider's in float32
-                render_sweep(self.pipe, self.family, args, path, title=f"step {step}")
+                render_sweep(self.pipe, self.family, args, path, title=title)
 
     # ------------------------------------------------------------------------------------------------------- output
 
@@ -848,8 +1156,12 @@ class SliderTraining:
         )
 
     def save(self) -> TrainResult:
-        """The final checkpoint, the slider (diffusers + PEFT formats, with metadata), the sweep image, the hub."""
-        from peft_slider.formats import save_slider
+        """The final checkpoint, the slider (diffusers + PEFT formats, with metadata), the sweep image, the hub.
+
+        The slider files, the sweep and the statistic are written into a staging folder and moved into the output
+        folder only when all of them are complete, so a failure leaves the previous files (if any) as they were.
+        """
+        from peft_slider.formats.export import save_slider
 
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()
@@ -857,19 +1169,22 @@ class SliderTraining:
             self.output_dir, self.state.global_step, {}, None, None, args.pretrained_model_name_or_path, self.pipe
         )
         if args.checkpointing_steps:
-            _save_checkpoint(accelerator, self.output_dir, self.state.global_step, args.checkpoints_total_limit)
+            self.save_checkpoint(self.state.global_step)
         if accelerator.is_main_process:
             metadata = self.metadata()
             self.denoiser.eval()
-            result.slider_files = save_slider(
-                self.pipe, self.output_dir, adapter_name=args.adapter_name, metadata=metadata, comfyui=args.comfyui
+            staging = stage_folder(self.output_dir / "slider")
+            slider_files = save_slider(
+                self.pipe, staging, adapter_name=args.adapter_name, metadata=metadata, comfyui=args.comfyui
             )
-            title = args.concept or "slider"
+            title = f"{args.concept or 'slider'} - {self.family.name}, step {self.state.global_step}"
             with accelerator.autocast():  # frozen weights in fp16/bf16, the slider's in float32
-                sweep = render_sweep(self.pipe, self.family, args, self.output_dir / "sweep.png", title=title)
+                sweep = render_sweep(self.pipe, self.family, args, staging / "sweep.png", title=title)
                 if args.toy_data:
-                    result.concept_statistic = _toy_statistic(self.pipe, args, self.family)
-            result.sweep_image = sweep
+                    result.concept_statistic = _toy_statistic(self.pipe, args, self.family, staging)
+            moved = commit_files(staging, self.output_dir)
+            result.slider_files = {kind: moved[path.name] for kind, path in slider_files.items()}
+            result.sweep_image = moved[sweep.name] if sweep is not None else None
             if args.push_to_hub:
                 _push(self.output_dir, result, metadata, args)
             names = ", ".join(p.name for p in result.slider_files.values())
@@ -878,13 +1193,72 @@ class SliderTraining:
         return result
 
 
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines written with `tqdm.write`, so they never cut through a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def _configure_output(args: argparse.Namespace):
+    """Our messages at the chosen level through tqdm; libraries' notices and load/save bars only with --verbose.
+
+    Returns a function that restores the libraries' settings (the trainer may run inside a longer Python process).
+    """
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    logger.addHandler(handler)
+    propagate, level = logger.propagate, logger.level
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+    saved = [
+        (module, module.get_verbosity(), module.is_progress_bar_enabled())
+        for module in (diffusers_logging, transformers_logging)
+    ]
+    if not args.verbose:
+        for module, _, _ in saved:
+            # Loading and saving the tiny base takes milliseconds; their bars and notices (e.g. transformers'
+            # "requires torchvision" on every run) only hide the trainer's own output.
+            module.set_verbosity_error()
+            module.disable_progress_bar()
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = propagate, level
+        for module, verbosity, bars in saved:
+            module.set_verbosity(verbosity)
+            (module.enable_progress_bar if bars else module.disable_progress_bar)()
+
+    return restore
+
+
 def main(args: argparse.Namespace | None = None) -> TrainResult:
-    """Run training as the command line (or `args` from `parse_args([...])`) says; returns a `TrainResult`."""
+    """Run training as the command line (or `args` from `parse_args([...])`) says; returns a `TrainResult`.
+
+    Raises `UsageError` (a `ValueError`) for bad options, before the first training step.
+    """
+    args = _resolve_defaults(parse_args([]) if args is None else args)
+    _check_args(args)
+    run_options = run_identity(args)
+    restore_output = _configure_output(args)
+    try:
+        return _run(args, run_options)
+    finally:
+        restore_output()
+
+
+def _run(args: argparse.Namespace, run_options: dict[str, Any]) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    args = _resolve_defaults(parse_args([]) if args is None else args)
-    _check_args(args)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -894,7 +1268,6 @@ def main(args: argparse.Namespace | None = None) -> TrainResult:
             project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
         ),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and accelerator.num_processes == 1:
         raise RuntimeError(
@@ -904,7 +1277,8 @@ def main(args: argparse.Namespace | None = None) -> TrainResult:
         )
     if not accelerator.is_main_process:
         logger.setLevel(logging.WARNING)
-    logger.info("Processes: %d (%s)", accelerator.num_processes, accelerator.distributed_type)
+    level = logging.INFO if accelerator.num_processes > 1 else logging.DEBUG
+    logger.log(level, "Processes: %d (%s)", accelerator.num_processes, accelerator.distributed_type)
     set_seed(args.seed)
     threads = torch.get_num_threads()
     if args.toy_model and "OMP_NUM_THREADS" not in os.environ and accelerator.device.type == "cpu":
@@ -913,10 +1287,17 @@ def main(args: argparse.Namespace | None = None) -> TrainResult:
         torch.set_num_threads(1)
     try:
         if accelerator.is_main_process:
+            clean_staging(output_dir)
+        accelerator.wait_for_everyone()
+        _check_output_dir(args, run_options)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if args.overwrite_output_dir:
+                _clear_output_dir(output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)
         if args.toy_model or args.toy_data:
             _prepare_toy(args, accelerator)
-        run = SliderTraining(args, accelerator)
+        run = SliderTraining(args, accelerator, run=run_options)
         run.train()
         return run.save()
     finally:
@@ -924,15 +1305,18 @@ def main(args: argparse.Namespace | None = None) -> TrainResult:
         torch.set_num_threads(threads)
 
 
-def _toy_statistic(pipe: Any, args: argparse.Namespace, family: Family) -> dict[str, dict[float, float]]:
-    """Print and save the toy concept's statistics at each validation strength."""
+def _toy_statistic(pipe: Any, args: argparse.Namespace, family: Family, folder: Path) -> dict[str, dict[float, float]]:
+    """Print the toy concept's statistics at each validation strength and save them to `folder`."""
     import toy
 
     direction = toy.concept_direction(pipe, args.dataloader_config, resolution=args.resolution)
     kwargs = _validation_call_kwargs(args, family)
     strengths = args.validation_strengths
-    latents = toy.sweep_outputs(pipe, strengths, adapter_names=args.adapter_name, **kwargs)
-    images = toy.sweep_outputs(pipe, strengths, adapter_names=args.adapter_name, output_type="pt", **kwargs)
+    progress = not args.quiet
+    latents = toy.sweep_outputs(pipe, strengths, adapter_names=args.adapter_name, progress=progress, **kwargs)
+    images = toy.sweep_outputs(
+        pipe, strengths, adapter_names=args.adapter_name, output_type="pt", progress=progress, **kwargs
+    )
     table = {
         "latent_projection": dict(zip(strengths, toy.concept_statistic(latents, direction))),
         "right_minus_left_brightness": dict(zip(strengths, toy.lighting_statistic(images))),
@@ -946,7 +1330,7 @@ def _toy_statistic(pipe: Any, args: argparse.Namespace, family: Family) -> dict[
     for name, values in table.items():
         trend = "increases" if toy.is_increasing(list(values.values())) else "does NOT increase"
         print(f"  {name} {trend} monotonically with strength")
-    path = Path(args.output_dir) / "concept_statistic.json"
+    path = folder / "concept_statistic.json"
     saved = {name: {str(k): v for k, v in values.items()} for name, values in table.items()}
     path.write_text(json.dumps(saved, indent=2) + "\n", encoding="utf-8")
     return table
@@ -967,5 +1351,15 @@ def _push(output_dir: Path, result: TrainResult, metadata, args: argparse.Namesp
     logger.info("Pushed to %s", url)
 
 
+def cli(input_args: list[str] | None = None) -> None:
+    """The command line: a usage error prints the usage and the message, and exits with status 2 (as argparse)."""
+    parser = build_parser()
+    args = parser.parse_args(input_args)
+    try:
+        main(args)
+    except UsageError as error:
+        parser.error(str(error))
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    cli()

@@ -95,6 +95,15 @@ def _to_pil(image: Any, where: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array[..., :3]), mode="RGB")
 
 
+def _enlarge(image: Image.Image, size: int) -> Image.Image:
+    """`image` scaled up by the whole factor that brings its longer side to at least `size` (never down)."""
+    factor = -(-size // max(image.width, image.height))
+    if factor <= 1:
+        return image
+    Image, _, _ = _require_pil()
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
 def _shorten(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= _MAX_ROW_LABEL_CHARS else text[: _MAX_ROW_LABEL_CHARS - 3] + "..."
@@ -115,11 +124,14 @@ def make_sweep_grid(
     column_labels: Sequence[str] | None = None,
     title: str | None = None,
     padding: int = 4,
+    cell_size: int | None = None,
+    font_size: int | None = None,
 ) -> Image.Image:
     """
     Lays images out in a labelled grid: `images[row][column]`, column labels on top, row labels on the left.
 
-    Every cell is as large as the largest image; smaller images are centred in their cell. Images are never resized.
+    Every cell is as large as the largest image; smaller images are centred in their cell. Images are only resized
+    when `cell_size` asks for it.
 
     Args:
         images (`list[list[image]]`):
@@ -133,6 +145,12 @@ def make_sweep_grid(
             A line of text above everything.
         padding (`int`, *optional*, defaults to `4`):
             Pixels between and around cells and labels.
+        cell_size (`int`, *optional*):
+            Enlarge small images by a whole factor (nearest neighbour, so pixels stay sharp) until their longer side
+            is at least this many pixels, e.g. 128 for 32x32 samples of a tiny model. Larger images are kept as they
+            are.
+        font_size (`int`, *optional*):
+            Label height in pixels (Pillow's scalable default font); by default Pillow's small bitmap font.
 
     Returns:
         `PIL.Image.Image`: the grid, RGB.
@@ -165,13 +183,19 @@ def make_sweep_grid(
     column_labels = _check_labels(column_labels, columns, "column_labels")
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
         raise ValueError(f"`padding` must be a non-negative int, got {padding!r}.")
+    for name, value in (("cell_size", cell_size), ("font_size", font_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
+    if cell_size is not None:
+        rows = [[_enlarge(image, cell_size) for image in row] for row in rows]
 
-    font = ImageFont.load_default()
+    font = ImageFont.load_default() if font_size is None else ImageFont.load_default(size=font_size)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
     def text_size(text: str) -> tuple[int, int]:
-        left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
-        return right - left, bottom - top
+        # From the drawing origin: a scalable font's glyphs start below it.
+        left, _, right, bottom = measure.textbbox((0, 0), text, font=font)
+        return right - left, bottom
 
     cell_w = max(image.width for row in rows for image in row)
     cell_h = max(image.height for row in rows for image in row)
