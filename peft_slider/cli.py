@@ -1,9 +1,9 @@
 """The `peft-slider` command line (also `python -m peft_slider`).
 
 Only the standard library and the architecture table are imported up front, so `--help` and `--version` start at
-once; each command imports what it uses. Results go to stdout; messages go through `logging` to stderr, at INFO by
-default, WARNING with `--quiet`, DEBUG with `--verbose` (which also shows third-party warnings and logs, hidden
-otherwise).
+once; each command imports what it uses. Results (a report, the path written) go to stdout; messages go through
+`logging` to stderr, at INFO by default, WARNING with `--quiet`, DEBUG with `--verbose` (which also shows
+third-party warnings and logs, hidden otherwise).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _convert(args: argparse.Namespace) -> int:
     from .export import convert_slider
 
     path = convert_slider(args.src, args.dst, to=args.to, architecture=args.architecture, weight_name=args.weight_name)
-    logger.info("wrote %s", path)
+    print(f"wrote {path}")  # the command's result, like inspect's report: stdout, whatever the verbosity
     return 0
 
 
@@ -232,7 +232,15 @@ def main(argv: list[str] | None = None) -> int:
         args.command_parser.error(problem)  # exits 2
     with _logging(args.verbosity):
         try:
-            return args.handler(args)
+            code = args.handler(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
+            return code
+        except BrokenPipeError:
+            # The reader went away (`peft-slider inspect flux | head`): not an error of ours. Point stdout at devnull
+            # so the interpreter's final flush does not fail again.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except (ValueError, TypeError, OSError, RuntimeError) as error:
             logger.error("peft-slider %s: error: %s", args.command, error)
             logger.debug("details", exc_info=True)
