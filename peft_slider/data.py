@@ -666,7 +666,8 @@ def _flag(where: str, entry: Mapping[str, Any], key: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        fix = f"write {value.strip().lower()} without quotes" if isinstance(value, str) else "use true or false"
+        spelled = value.strip().lower() if isinstance(value, str) else None
+        fix = f"write {spelled} without quotes" if spelled in ("true", "false") else "use true or false"
         raise ValueError(f"`{key}` of {where} must be true or false (a JSON boolean), got {value!r}; {fix}.")
     return value
 

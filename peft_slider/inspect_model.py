@@ -138,9 +138,10 @@ def _from_hub(repo_id: str) -> nn.Module:
                 f"Could not read {repo_id!r} from the Hub ({type(error).__name__}: {error}). Check the id and the "
                 "network, or pass a local folder."
             ) from error
+        fix = "unset HF_HUB_OFFLINE and run again" if "HF_HUB_OFFLINE" in offline else "check the network"
         raise ValueError(
-            f"Could not read {repo_id!r}: {offline}, and its config is not in the local Hub cache. Connect and run "
-            "again (unset HF_HUB_OFFLINE), or pass a local folder holding the model's config.json."
+            f"Could not read {repo_id!r}: {offline}, and its config is not in the local Hub cache. To read it, {fix}; "
+            "or pass a local folder holding the model's config.json."
         ) from error
     except (OSError, ValueError) as error:
         if isinstance(error, TargetingError):
