@@ -91,24 +91,13 @@ def _rank(text: str) -> int:
 
 def _add_verbosity(parser: argparse.ArgumentParser, *, default: object) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "-v",
-        "--verbose",
-        dest="verbosity",
-        action="store_const",
-        const=logging.DEBUG,
-        default=default,
-        help="log details, and third-party warnings and logs (hidden otherwise)",
-    )
-    group.add_argument(
-        "-q",
-        "--quiet",
-        dest="verbosity",
-        action="store_const",
-        const=logging.WARNING,
-        default=default,
-        help="log warnings and errors only",
-    )
+    for flags, level, help_text in (
+        (("-v", "--verbose"), logging.DEBUG, "log details, and third-party warnings and logs (hidden otherwise)"),
+        (("-q", "--quiet"), logging.WARNING, "log warnings and errors only"),
+    ):
+        group.add_argument(
+            *flags, dest="verbosity", action="store_const", const=level, default=default, help=help_text
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

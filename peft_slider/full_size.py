@@ -134,13 +134,7 @@ def build_module_tree(name: str) -> tuple[nn.Module, str]:
     other modules are plain containers (`nn.ModuleList` where the children are numbered) and the root's class has the
     diffusers class's name, so `resolve_targets`, `find_architecture` and the parameter counts see what they see on
     the real model. It has no forward. When the installed diffusers is not the version `TREES_FILE` was read off,
-    this is `build_meta_model(name)`.
-
-    Args:
-        name (`str`): A key of `FULL_SIZE_MODELS`, a family alias or a diffusers class name from the table.
-
-    Returns:
-        `(model, description)`.
+    this is `build_meta_model(name)`; the arguments and the returned `(model, description)` are as there.
 
     Example:
 
