@@ -433,10 +433,10 @@ class SliderBatchSampler(Sampler[list[int]]):
         """Select the epoch whose plan the next iteration walks. A different epoch also drops a loaded resume point.
 
         Args:
-            epoch (`int`): The epoch number (>= 0), the same on every rank.
+            epoch (`int`): The epoch number in [0, 2**63), the same on every rank.
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"`epoch` must be an int >= 0, got {epoch!r}.")
+        # The plan's generator is seeded with `seed + epoch`, which must stay below torch's 2**64 seed limit.
+        check_int(epoch, argument="epoch", low=0, high=_MAX_SAMPLES, bounds="[0, 2**63)")
         if epoch != self.epoch:
             self._pending_start = self._start = self._cursor = 0
         self.epoch = epoch
@@ -585,8 +585,16 @@ class SliderBatchSampler(Sampler[list[int]]):
                 + ". Resume with the same backends and options, or start a fresh epoch without the state."
             )
         epoch, seed, step = state_dict["epoch"], state_dict["seed"], state_dict["step"]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (epoch, seed, step)) or epoch < 0:
-            raise ValueError(f"`state_dict` holds an invalid epoch/seed/step: {epoch!r}, {seed!r}, {step!r}.")
+        if (
+            not all(isinstance(v, int) and not isinstance(v, bool) for v in (epoch, seed, step))
+            or not 0 <= epoch <= _MAX_SAMPLES
+            or not 0 <= seed <= _MAX_SAMPLES
+        ):
+            shown = ", ".join(show_value(v) for v in (epoch, seed, step))
+            raise ValueError(
+                f"`state_dict` holds an invalid epoch/seed/step: {shown} (epoch and seed are ints in [0, 2**63)). "
+                "Pass a state from SliderBatchSampler.state_dict()."
+            )
         if not 0 <= step <= self._num_steps:
             raise ValueError(f"`state_dict['step']` must be in [0, {self._num_steps}], got {step!r}.")
         self.epoch, self.seed = epoch, seed

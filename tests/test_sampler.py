@@ -542,7 +542,7 @@ ERROR_CASES = [
         "negative epoch",
         lambda: _sampler(SliderBackend(4)).set_epoch(-1),
         ValueError,
-        r"`epoch` must be an int >= 0, got -1",
+        r"`epoch` must be an int in \[0, 2\*\*63\), got -1",
     ),
     (
         "step out of range",
@@ -670,8 +670,18 @@ def test_one_replica_interleaved_equals_plain_through_accelerate(layout_args):
         (lambda: SliderBackend(10**400), r"`dataset` of an unnamed backend .* got an int of 401 digits"),
         (lambda: SliderBackend(4, slider_strength=10**400), r"`slider_strength` of an unnamed.*int of 401 digits"),
         (lambda: SliderBackend(4, probability=10**400), r"`probability` of an unnamed.*int of 401 digits"),
+        (
+            lambda: SliderBatchSampler([SliderBackend(4)], batch_size=2).set_epoch(10**400),
+            r"`epoch` must be an int in \[0, 2\*\*63\), got an int of 401 digits",
+        ),
+        (
+            lambda: SliderBatchSampler([SliderBackend(4)], batch_size=2).load_state_dict(
+                {**SliderBatchSampler([SliderBackend(4)], batch_size=2).state_dict(), "epoch": 2**64}
+            ),
+            r"`state_dict` holds an invalid epoch/seed/step: 18446744073709551616, 0, 0 \(epoch and seed are ints in",
+        ),
     ],
-    ids=["batch_size", "num_replicas", "seed", "length", "strength", "probability"],
+    ids=["batch_size", "num_replicas", "seed", "length", "strength", "probability", "epoch", "state epoch"],
 )
 def test_huge_ints_give_a_clear_error(factory, pattern):
     with pytest.raises(ValueError, match=pattern):
