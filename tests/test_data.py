@@ -510,7 +510,11 @@ def test_slider_dataset_options_are_read_only():
 def test_simpletuner_booleans_must_be_json_booleans(tmp_path, field, value):
     # "false" is a non-empty string: read as truthy it used to drop the backend (`disabled`) without a word.
     entry = _entry(tmp_path, **{field: value}, instance_prompt="a face")
-    with pytest.raises(ValueError, match=rf"`{field}` of backend 'smile_plus' must be true or false \(a JSON "):
+    fix = f"write {value} without quotes" if isinstance(value, str) else "use true or false"
+    with pytest.raises(
+        ValueError,
+        match=rf"`{field}` of backend 'smile_plus' must be true or false \(a JSON boolean\), got .*; {fix}\.",
+    ):
         load_simpletuner_backends(entry)
 
 
