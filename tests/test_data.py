@@ -248,7 +248,7 @@ def test_image_caption_folder_finds_images_and_captions(tmp_path):
     ("kwargs", "error", "pattern"),
     [
         (dict(root="missing"), FileNotFoundError, r"`root` '.*missing' is not an existing folder"),
-        (dict(resolution=0), ValueError, r"`resolution` must be an int >= 1 \(pixels\), got 0"),
+        (dict(resolution=0), ValueError, r"`resolution` must be an int in \[1, 65536\] \(pixels\), got 0"),
         (dict(caption_strategy="parquet"), ValueError, r"`caption_strategy` must be one of .*got 'parquet'"),
         (dict(caption_strategy="instanceprompt"), ValueError, r"`instance_prompt` is required"),
         (dict(), FileNotFoundError, r"needs a .txt caption beside every image.*missing: lonely.txt"),
@@ -399,7 +399,11 @@ def _entry(tmp_path, **fields):
             r"`slider_strength` of backend 'smile_plus' must be a finite number or None, got 'high'",
         ),
         (dict(probability=-1), ValueError, r"`probability` of backend 'smile_plus' must be a finite number >= 0"),
-        (dict(repeats=-1), ValueError, r"`repeats` of backend 'smile_plus' must be an int >= 0"),
+        (
+            dict(repeats=-1),
+            ValueError,
+            r"`repeats` of backend 'smile_plus' must be an int in \[0, 10000\], got -1\. 0 shows",
+        ),
         (dict(max_num_samples=10), ValueError, r"`max_num_samples` = 10 in backend 'smile_plus' is not supported"),
         (dict(start_step=100), ValueError, r"`start_step` = 100 in backend 'smile_plus'"),
         (dict(is_regularisation_data=True), ValueError, r"`is_regularisation_data` = True"),
@@ -494,3 +498,123 @@ def test_slider_dataset_options_are_read_only():
     with pytest.raises(AttributeError):
         dataset.slider_strength = -1.0
     assert dataset.backend.strength == dataset[0]["slider_strength"] == 0.5
+
+
+# --------------------------------------------------------------------------------------------------- strict parsing
+
+
+@pytest.mark.parametrize(
+    "field", ["disabled", "disable", "prepend_instance_prompt", "only_instance_prompt", "disable_multiline_split"]
+)
+@pytest.mark.parametrize("value", ["false", "true", 0, 1])
+def test_simpletuner_booleans_must_be_json_booleans(tmp_path, field, value):
+    # "false" is a non-empty string: read as truthy it used to drop the backend (`disabled`) without a word.
+    entry = _entry(tmp_path, **{field: value}, instance_prompt="a face")
+    fix = f"write {value} without quotes" if isinstance(value, str) else "use true or false"
+    with pytest.raises(
+        ValueError,
+        match=rf"`{field}` of backend 'smile_plus' must be true or false \(a JSON boolean\), got .*; {fix}\.",
+    ):
+        load_simpletuner_backends(entry)
+
+
+def test_simpletuner_duplicate_keys_name_the_backend_and_the_field(tmp_path):
+    _png(tmp_path / "imgs" / "one.png")
+    path = tmp_path / "multidatabackend.json"
+    # json.loads keeps the last of two equal keys: this entry would silently train at -1 instead of +1.
+    path.write_text(
+        '[{"id": "smile_plus", "type": "local", "instance_data_dir": "imgs", "caption_strategy": "filename", '
+        '"slider_strength": 1.0, "slider_strength": -1.0}]'
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"multidatabackend.json.*backend 'smile_plus' has the field `slider_strength` twice \(1.0 and -1.0\)",
+    ):
+        load_simpletuner_backends(path, base_dir=tmp_path)
+
+
+def test_config_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "multidatabackend.json"
+    path.write_bytes(b'[{"id": "caf\xe9"}]')
+    with pytest.raises(ValueError, match=r"`config` '.*multidatabackend.json' is not UTF-8 text.*byte 12"):
+        load_simpletuner_backends(path)
+
+
+# --------------------------------------------------------------------------------------------------- data errors
+
+
+def test_truncated_image_names_the_file_through_a_dataloader(tmp_path):
+    _png(tmp_path / "good.png")
+    Image.effect_noise((64, 64), 50).convert("RGB").save(tmp_path / "broken.png")
+    data = (tmp_path / "broken.png").read_bytes()
+    (tmp_path / "broken.png").write_bytes(data[: len(data) // 2])
+    dataset = SliderConcatDataset(
+        [SliderDataset(ImageCaptionFolder(tmp_path, resolution=8, caption_strategy="filename"))]
+    )
+    loader = DataLoader(dataset, batch_sampler=SliderBatchSampler(dataset.backends, batch_size=2, shuffle=False))
+    with pytest.raises(OSError, match=r"Cannot read the image '.*broken.png' \(.*truncated.*\)\. Re-save"):
+        list(loader)
+
+
+def test_caption_that_is_not_utf8_names_the_file(tmp_path):
+    _png(tmp_path / "one.png")
+    (tmp_path / "one.txt").write_bytes("un caf\xe9".encode("latin-1"))
+    with pytest.raises(
+        ValueError, match=r"The caption file '.*one.txt' is not UTF-8 text.*byte 6.*Re-save it as UTF-8"
+    ):
+        ImageCaptionFolder(tmp_path)
+
+
+HUGE = 10**400
+
+
+@pytest.mark.parametrize(
+    ("factory", "pattern"),
+    [
+        (
+            lambda: SliderDataset([0], slider_strength=HUGE, name="more"),
+            r"`slider_strength` of backend 'more' must be a finite number or None, got an int of 401 digits",
+        ),
+        (
+            lambda: SliderDataset([0], probability=-HUGE, name="more"),
+            r"`probability` of backend 'more' must be a finite number >= 0, got a negative int of 401 digits",
+        ),
+        (
+            lambda: ImageCaptionFolder(".", resolution=HUGE),
+            r"`resolution` must be an int in \[1, 65536\] \(pixels\), got an int of 401 digits",
+        ),
+    ],
+    ids=["strength", "probability", "resolution"],
+)
+def test_huge_ints_give_a_clear_error(factory, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        factory()
+
+
+@pytest.mark.parametrize(
+    ("fields", "pattern"),
+    [
+        (dict(slider_strength=HUGE), r"`slider_strength` of backend 'smile_plus' must be a finite number or None"),
+        (dict(probability=HUGE), r"`probability` of backend 'smile_plus' must be a finite number >= 0"),
+        (dict(repeats=HUGE), r"`repeats` of backend 'smile_plus' must be an int in \[0, 10000\]"),
+        (dict(resolution=HUGE), r"`resolution` of backend 'smile_plus' must be a positive number of at most"),
+        (dict(resolution=HUGE, resolution_type="area"), r"`resolution` of backend 'smile_plus' must be a positive"),
+    ],
+    ids=["strength", "probability", "repeats", "resolution", "area"],
+)
+def test_simpletuner_huge_ints_give_a_clear_error(tmp_path, fields, pattern):
+    with pytest.raises(ValueError, match=pattern + r".*an int of 401 digits"):
+        load_simpletuner_backends(_entry(tmp_path, **fields))
+
+
+# --------------------------------------------------------------------------------------------------- misuse
+
+
+@pytest.mark.parametrize("batch_size", [1, None])
+def test_sampler_passed_as_sampler_is_caught(batch_size):
+    dataset = tagged_dataset([(4, 1.0), (4, -1.0)])
+    sampler = SliderBatchSampler(dataset.backends, batch_size=2)
+    # torch wraps a `sampler=` in a BatchSampler, so each "index" is a whole batch (a list).
+    loader = DataLoader(dataset, sampler=sampler, batch_size=batch_size)
+    with pytest.raises(TypeError, match=r"got the index \[\d+, \d+\].*`DataLoader\(dataset, batch_sampler=sampler\)`"):
+        next(iter(loader))

@@ -186,3 +186,15 @@ def test_json_round_trip(library):
     for entry, (prompt, strength) in zip(entries, library.values()):
         assert entry.prompt == prompt
         assert entry.strength == strength  # JSON writes floats with repr: exact
+
+
+def test_huge_int_strength_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"entry 'a': `adapter_strength` must be a finite number.*got an int of 401"):
+        load_prompt_library({"a": {"prompt": "a photo", "adapter_strength": 10**400}})
+
+
+def test_library_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "prompts.json"
+    path.write_bytes(b'{"caf\xe9": "a photo"}')
+    with pytest.raises(ValueError, match=r"Prompt library '.*prompts.json' is not UTF-8 text.*Re-save it as UTF-8"):
+        load_prompt_library(path)

@@ -497,13 +497,13 @@ ERROR_CASES = [
         "batch_size 0",
         lambda: _sampler(SliderBackend(4), batch_size=0),
         ValueError,
-        r"`batch_size` must be an int >= 1, got 0",
+        r"`batch_size` must be an int in \[1, 2\*\*31\), got 0",
     ),
     (
         "batch_size float",
         lambda: _sampler(SliderBackend(4), batch_size=2.0),
         ValueError,
-        r"`batch_size` must be an int >= 1, got 2.0",
+        r"`batch_size` must be an int in \[1, 2\*\*31\), got 2.0",
     ),
     (
         "smaller than a batch",
@@ -529,7 +529,7 @@ ERROR_CASES = [
         "num_replicas 0",
         lambda: _sampler(SliderBackend(4), num_replicas=0, rank=0),
         ValueError,
-        r"`num_replicas` must be an int >= 1, got 0",
+        r"`num_replicas` must be an int in \[1, 2\*\*31\), got 0",
     ),
     (
         "rank too large",
@@ -542,7 +542,7 @@ ERROR_CASES = [
         "negative epoch",
         lambda: _sampler(SliderBackend(4)).set_epoch(-1),
         ValueError,
-        r"`epoch` must be an int >= 0, got -1",
+        r"`epoch` must be an int in \[0, 2\*\*63\), got -1",
     ),
     (
         "step out of range",
@@ -622,3 +622,67 @@ def test_module_imports_only_torch_and_the_standard_library(module):
             top_level.add(node.module.split(".")[0])
     third_party = {name for name in top_level if name not in sys.stdlib_module_names}
     assert third_party <= {"torch", "PIL"}, third_party
+
+
+# --------------------------------------------------------------------------------------------------- one process
+
+
+def test_one_replica_never_pads_even_when_interleaved():
+    # A one-GPU `accelerate launch`: accelerate does not shard a batch sampler for one process, so nothing may pad.
+    sampler = make_sampler([SliderBackend(1, name="one")], batch_size=2, interleave_ranks=True)
+    assert list(sampler) == [[0]]
+    assert sampler.batch_info(0).batch_size == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(layouts(max_backends=4, max_size=20))
+def test_one_replica_interleaved_equals_plain_through_accelerate(layout_args):
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    backends, batch_size, drop_last, seed = layout_args
+    kwargs = dict(batch_size=batch_size, drop_last=drop_last, seed=seed, num_replicas=1)
+    plain = list(make_sampler(backends, **kwargs))
+    interleaved = make_sampler(backends, interleave_ranks=True, **kwargs)
+    assert list(interleaved) == plain
+    dataset = list(range(sum(b.num_samples for b in backends)))
+    loader = prepare_data_loader(
+        DataLoader(dataset, batch_sampler=interleaved), num_processes=1, process_index=0, put_on_device=False
+    )
+    assert [batch.tolist() for batch in loader] == plain
+
+
+@pytest.mark.parametrize(
+    ("factory", "pattern"),
+    [
+        (
+            lambda: SliderBatchSampler([SliderBackend(4)], batch_size=10**400),
+            r"`batch_size` must be an int in \[1, 2\*\*31\), got an int of 401 digits",
+        ),
+        (
+            lambda: SliderBatchSampler([SliderBackend(4)], batch_size=2, num_replicas=10**400),
+            r"`num_replicas` must be an int in \[1, 2\*\*31\), got an int of 401 digits",
+        ),
+        (
+            lambda: SliderBatchSampler([SliderBackend(4)], batch_size=2, seed=-(10**400)),
+            r"`seed` must be an integer in \[0, 2\*\*63\), got a negative int of 401 digits",
+        ),
+        (lambda: SliderBackend(10**400), r"`dataset` of an unnamed backend .* got an int of 401 digits"),
+        (lambda: SliderBackend(4, slider_strength=10**400), r"`slider_strength` of an unnamed.*int of 401 digits"),
+        (lambda: SliderBackend(4, probability=10**400), r"`probability` of an unnamed.*int of 401 digits"),
+        (
+            lambda: SliderBatchSampler([SliderBackend(4)], batch_size=2).set_epoch(10**400),
+            r"`epoch` must be an int in \[0, 2\*\*63\), got an int of 401 digits",
+        ),
+        (
+            lambda: SliderBatchSampler([SliderBackend(4)], batch_size=2).load_state_dict(
+                {**SliderBatchSampler([SliderBackend(4)], batch_size=2).state_dict(), "epoch": 2**64}
+            ),
+            r"`state_dict` holds an invalid epoch/seed/step: 18446744073709551616, 0, 0 \(epoch and seed are ints in",
+        ),
+    ],
+    ids=["batch_size", "num_replicas", "seed", "length", "strength", "probability", "epoch", "state epoch"],
+)
+def test_huge_ints_give_a_clear_error(factory, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        factory()

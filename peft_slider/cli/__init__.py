@@ -5,6 +5,6 @@
   each command imports what it needs when it runs.
 """
 
-from .commands import main
+from .commands import build_parser, main
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]

@@ -1,31 +1,41 @@
-"""The `peft-slider` command line (also `python -m peft_slider`)."""
+"""The `peft-slider` command line (also `python -m peft_slider`).
+
+Only the standard library and the architecture table are imported up front, so `--help` and `--version` start at
+once; each command imports what it uses. Results (a report, the path written) go to stdout; messages go through
+`logging` to stderr, at INFO by default, WARNING with `--quiet`, DEBUG with `--verbose` (which also shows
+third-party warnings and logs, hidden otherwise).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import os
 import sys
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
+from .. import __version__
 from ..targeting.architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("peft_slider.cli")
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# The verbosity environment variables that transformers and diffusers read when they set up their loggers.
+_THIRD_PARTY_VERBOSITY = ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY")
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from ..targeting.full_size import FULL_SIZE_MODELS
+    if args.list:
+        return _inspect_list(as_json=args.json)
     from ..targeting.inspect_model import format_report, inspect_report, load_meta_model
 
-    if args.list:
-        print("Built-in real-size models:")
-        for name, model in FULL_SIZE_MODELS.items():
-            print(f"  {name:<10} {model.class_name:<32} {model.description}")
-        print("Architectures (class names, family aliases):")
-        for class_name, spec in ARCHITECTURES.items():
-            print(f"  {class_name:<32} {', '.join(spec.aliases):<24} {spec.family}")
-        return 0
-    if args.model is None:
-        raise SystemExit("peft-slider inspect: give a model (e.g. `flux`), or --list.")
+    logger.debug("building the module tree of %r on the meta device", args.model)
     model, source = load_meta_model(args.model)
     scopes = SCOPES if args.scope == "both" else (args.scope,)
     report = inspect_report(model, scopes=scopes, rank=args.rank, variant=args.variant)
@@ -33,6 +43,31 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps({"source": source, **report}, indent=2))
     else:
         print(format_report(report, source=source))
+    return 0
+
+
+def _inspect_list(*, as_json: bool) -> int:
+    from ..targeting.full_size import FULL_SIZE_MODELS
+
+    if as_json:
+        listing = {
+            "models": [
+                {"name": name, "class_name": model.class_name, "description": model.description}
+                for name, model in FULL_SIZE_MODELS.items()
+            ],
+            "architectures": [
+                {"class_name": class_name, "aliases": list(spec.aliases), "family": spec.family}
+                for class_name, spec in ARCHITECTURES.items()
+            ],
+        }
+        print(json.dumps(listing, indent=2))
+        return 0
+    print("Built-in real-size models:")
+    for name, model in FULL_SIZE_MODELS.items():
+        print(f"  {name:<10} {model.class_name:<32} {model.description}")
+    print("Architectures (class names, family aliases):")
+    for class_name, spec in ARCHITECTURES.items():
+        print(f"  {class_name:<32} {', '.join(spec.aliases):<24} {spec.family}")
     return 0
 
 
@@ -47,28 +82,61 @@ def _convert(args: argparse.Namespace) -> int:
         weight_name=args.weight_name,
         lora_alpha=args.lora_alpha,
     )
-    print(f"wrote {path}")
+    print(f"wrote {path}")  # the command's result, like inspect's report: stdout, whatever the verbosity
     return 0
 
 
+def _rank(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or value > 2**20:
+        raise argparse.ArgumentTypeError(f"must be an int in [1, 1048576] (the LoRA rank), got {text!r}")
+    return value
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, *, default: object) -> None:
+    group = parser.add_mutually_exclusive_group()
+    for flags, level, help_text in (
+        (("-v", "--verbose"), logging.DEBUG, "log details, and third-party warnings and logs (hidden otherwise)"),
+        (("-q", "--quiet"), logging.WARNING, "log warnings and errors only"),
+    ):
+        group.add_argument(
+            *flags, dest="verbosity", action="store_const", const=level, default=default, help=help_text
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `peft-slider`."""
     parser = argparse.ArgumentParser(prog="peft-slider", description="Concept-slider LoRAs for diffusers and PEFT.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_verbosity(parser, default=logging.INFO)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{inspect,convert}")
 
     inspect = commands.add_parser(
         "inspect",
         help="show what a slider adapts on a model (no weights are loaded)",
-        description="Show what a slider adapts on a model: grouped patterns, counts, LoRA parameters, and what is "
-        "skipped as text path. MODEL is a built-in name (" + ", ".join(sorted(FAMILY_ALIASES)) + "), a diffusers "
-        "class name, a local model or pipeline folder, or a Hub id (needs network).",
+        description="Show what a slider adapts on a model: grouped patterns, counts, trainable parameters of the "
+        "chosen variant, and what is skipped as text path. MODEL is a built-in name ("
+        + ", ".join(sorted(FAMILY_ALIASES))
+        + "), a diffusers class name, a local model or pipeline folder, or a Hub id (needs network or the local "
+        "Hub cache; HF_HUB_OFFLINE=1 reads the cache only).",
     )
     inspect.add_argument("model", nargs="?", help="built-in name, class name, local folder or Hub id")
     inspect.add_argument("--scope", choices=(*SCOPES, "both"), default="both")
-    inspect.add_argument("--rank", type=int, default=16, help="LoRA rank for the parameter count (default 16)")
-    inspect.add_argument("--variant", choices=("lora", "lokr", "loha", "full"), default="lora")
-    inspect.add_argument("--json", action="store_true", help="print JSON for machines")
+    inspect.add_argument("--rank", type=_rank, default=16, help="adapter rank for the parameter count (default 16)")
+    inspect.add_argument(
+        "--variant",
+        choices=("lora", "lokr", "loha", "full"),
+        default="lora",
+        help="what the parameter count is for: PEFT LoRA, LoKr or LoHa at --rank (their defaults otherwise), or "
+        "the full weights of the targets",
+    )
+    inspect.add_argument("--json", action="store_true", help="print JSON for machines (also with --list)")
     inspect.add_argument("--list", action="store_true", help="list the built-in models and known architectures")
-    inspect.set_defaults(handler=_inspect)
+    _add_verbosity(inspect, default=argparse.SUPPRESS)
+    inspect.set_defaults(handler=_inspect, check=_check_inspect)
 
     convert = commands.add_parser(
         "convert",
@@ -89,23 +157,94 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="for a trainer checkpoint without a finished slider beside it: the training's --lora_alpha",
     )
-    convert.set_defaults(handler=_convert)
+    _add_verbosity(convert, default=argparse.SUPPRESS)
+    convert.set_defaults(handler=_convert, check=None)
+    # Usage errors of a command print that command's usage.
+    for command in (inspect, convert):
+        command.set_defaults(command_parser=command)
     return parser
 
 
+def _check_inspect(args: argparse.Namespace) -> str | None:
+    if args.list and args.model is not None:
+        return f"give a MODEL or --list, not both (got MODEL {args.model!r} and --list)"
+    if not args.list and args.model is None:
+        return "give a MODEL (e.g. `peft-slider inspect flux`), or --list for the built-in names"
+    if args.list and (args.scope != "both" or args.rank != 16 or args.variant != "lora"):
+        return "--scope, --rank and --variant apply to a MODEL, not to --list"
+    return None
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING and not record.name.startswith("peft_slider.cli"):
+            message = f"{record.levelname.lower()}: {message}"
+        return message
+
+
+@contextlib.contextmanager
+def _logging(verbosity: int) -> Iterator[None]:
+    """Route peft_slider's logs and warnings to stderr at `verbosity`; third-party ones only with --verbose."""
+    package = logging.getLogger("peft_slider")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    saved = (package.level, package.propagate, {key: os.environ.get(key) for key in _THIRD_PARTY_VERBOSITY})
+    package.addHandler(handler)
+    package.setLevel(verbosity)
+    package.propagate = False
+    quiet_third_party = verbosity > logging.DEBUG
+    if quiet_third_party:
+        for key in _THIRD_PARTY_VERBOSITY:
+            os.environ[key] = "error"
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if Path(filename).resolve().is_relative_to(_PACKAGE_DIR):
+            package.warning("%s", message)
+        elif not quiet_third_party:
+            package.debug("%s: %s (%s:%s)", category.__name__, message, filename, lineno)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = show
+            yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(saved[0])
+        package.propagate = saved[1]
+        for key, value in saved[2].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code (0, or 2 for an error in the arguments or the files they name).
+
+    Usage errors exit with argparse's message and code 2, without a traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "rank", 1) < 1:
-        parser.error(f"--rank must be >= 1, got {args.rank}")
-    with warnings.catch_warnings():
-        # diffusers' own deprecation notices are not the user's concern at the command line.
-        warnings.simplefilter("ignore", category=FutureWarning)
+    check = args.check
+    problem = check(args) if check is not None else None
+    if problem is not None:
+        args.command_parser.error(problem)  # exits 2
+    with _logging(args.verbosity):
         try:
-            return args.handler(args)
+            code = args.handler(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
+            return code
+        except BrokenPipeError:
+            # The reader went away (`peft-slider inspect flux | head`): not an error of ours. Point stdout at devnull
+            # so the interpreter's final flush does not fail again.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except (ValueError, TypeError, OSError, RuntimeError) as error:
-            print(f"peft-slider {args.command}: error: {error}", file=sys.stderr)
+            logger.error("peft-slider %s: error: %s", args.command, error)
+            logger.debug("details", exc_info=True)
             return 2
 
 

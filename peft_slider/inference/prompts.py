@@ -190,6 +190,10 @@ def _read_json(path: str) -> Any:
             return json.load(f, object_pairs_hook=_no_duplicate_keys)
     except FileNotFoundError:
         raise FileNotFoundError(f"Prompt library {path!r} does not exist; pass the path of a JSON file.") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"Prompt library {path!r} is not UTF-8 text ({error.reason} at byte {error.start}). Re-save it as UTF-8."
+        ) from None
     except json.JSONDecodeError as error:
         raise ValueError(
             f"Prompt library {path!r} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}."

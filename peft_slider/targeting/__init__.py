@@ -27,8 +27,10 @@ __all__ = [
     "SliderLoKrConfig",
     "SliderLoraConfig",
     "SliderTargets",
+    "TREES_FILE",
     "TargetingError",
     "build_meta_model",
+    "build_module_tree",
     "count_lora_parameters",
     "denoiser_attr",
     "denoiser_of",
@@ -42,6 +44,7 @@ __all__ = [
     "text_path_modules",
     "universal_target_regex",
     "unwrap_denoiser",
+    "write_module_trees",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -50,7 +53,14 @@ __getattr__, __dir__ = lazy_exports(
         "architectures": ["ARCHITECTURES", "ArchitectureSpec", "FAMILY_ALIASES", "Rule", "SCOPES"],
         "config": ["SLIDER_ONLY_FIELDS", "SliderLoHaConfig", "SliderLoKrConfig", "SliderLoraConfig"],
         "full_rank": ["make_full_rank_trainable"],
-        "full_size": ["FULL_SIZE_MODELS", "FullSizeModel", "build_meta_model"],
+        "full_size": [
+            "FULL_SIZE_MODELS",
+            "FullSizeModel",
+            "TREES_FILE",
+            "build_meta_model",
+            "build_module_tree",
+            "write_module_trees",
+        ],
         "inspect_model": ["format_report", "inspect_report", "load_meta_model"],
         "targets": [
             "DENOISER_ATTRIBUTES",
@@ -70,10 +80,17 @@ __getattr__, __dir__ = lazy_exports(
 )
 
 if TYPE_CHECKING:
-    from .architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES, ArchitectureSpec, Rule
+    from .architectures import ARCHITECTURES, ArchitectureSpec, FAMILY_ALIASES, Rule, SCOPES
     from .config import SLIDER_ONLY_FIELDS, SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig
     from .full_rank import make_full_rank_trainable
-    from .full_size import FULL_SIZE_MODELS, FullSizeModel, build_meta_model
+    from .full_size import (
+        FULL_SIZE_MODELS,
+        FullSizeModel,
+        TREES_FILE,
+        build_meta_model,
+        build_module_tree,
+        write_module_trees,
+    )
     from .inspect_model import format_report, inspect_report, load_meta_model
     from .targets import (
         DENOISER_ATTRIBUTES,

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import urllib.parse
+import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +36,20 @@ def load_meta_model(source: str) -> tuple[nn.Module, str]:
     Args:
         source (`str`):
             A built-in name (``"flux"``, ``"sdxl"``, a diffusers class name), a local folder holding a model's
-            ``config.json`` or a pipeline's ``model_index.json``, or a Hub repo id (needs network).
+            ``config.json`` or a pipeline's ``model_index.json``, or a Hub repo id (needs network, or the files in
+            the local Hub cache; with ``HF_HUB_OFFLINE=1``, or when the Hub cannot be reached, only the cache is read).
 
     Returns:
-        `(model, description)`.
+        `(model, description)`. A built-in name gives `full_size.build_module_tree`'s tree (no diffusers import
+        when the stored trees match the installed diffusers); a folder or a Hub id, the diffusers model.
     """
-    from .full_size import FULL_SIZE_MODELS, build_meta_model
+    from .full_size import FULL_SIZE_MODELS, build_module_tree
 
     path = Path(source)
     if path.is_dir():
         return _from_config_dir(path), str(path)
     if source.lower() in FULL_SIZE_MODELS or _is_known_name(source):
-        return build_meta_model(source)
+        return build_module_tree(source)
     if REPO_ID.fullmatch(source):
         return _from_hub(source), f"Hub repo {source}"
     raise ValueError(
@@ -86,12 +93,34 @@ def _from_config_dir(path: Path) -> nn.Module:
     raise ValueError(f"Folder {str(path)!r} holds neither config.json nor model_index.json.")
 
 
+def _offline_reason() -> str | None:
+    """Why the Hub is out of reach (`HF_HUB_OFFLINE`, or the endpoint does not answer within seconds), else None.
+
+    huggingface_hub retries an unreachable Hub for about half a minute per file; one quick probe answers first.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "HF_HUB_OFFLINE is set"
+    if urllib.request.getproxies():
+        return None  # the Hub is reached through a proxy: a direct probe would say nothing
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=3):
+            return None
+    except OSError as error:
+        return f"{url.scheme}://{url.netloc} cannot be reached ({error.strerror or error})"
+
+
 def _from_hub(repo_id: str) -> nn.Module:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    offline = _offline_reason()
+
     def read(filename: str) -> dict:
-        return json.loads(Path(hf_hub_download(repo_id, filename)).read_text())
+        return json.loads(Path(hf_hub_download(repo_id, filename, local_files_only=offline is not None)).read_text())
 
     try:
         try:
@@ -103,6 +132,17 @@ def _from_hub(repo_id: str) -> nn.Module:
         for component in _DENOISER_COMPONENTS:
             if component in index:
                 return _build_from_config(read(f"{component}/config.json"))
+    except LocalEntryNotFoundError as error:
+        if offline is None:
+            raise ValueError(
+                f"Could not read {repo_id!r} from the Hub ({type(error).__name__}: {error}). Check the id and the "
+                "network, or pass a local folder."
+            ) from error
+        fix = "unset HF_HUB_OFFLINE and run again" if "HF_HUB_OFFLINE" in offline else "check the network"
+        raise ValueError(
+            f"Could not read {repo_id!r}: {offline}, and its config is not in the local Hub cache. To read it, {fix}; "
+            "or pass a local folder holding the model's config.json."
+        ) from error
     except (OSError, ValueError) as error:
         if isinstance(error, TargetingError):
             raise
@@ -123,7 +163,10 @@ def inspect_report(
         model (`torch.nn.Module`): The denoiser (any device, meta included), a pipeline or a PEFT model.
         scopes (`tuple[str, ...]`, *optional*, defaults to `("visual", "joint")`): The scopes to report.
         rank (`int`, *optional*, defaults to 16): The LoRA rank for the parameter counts.
-        variant (`str`, *optional*, defaults to `"lora"`): ``"lora"``, ``"lokr"``, ``"loha"`` or ``"full"``.
+        variant (`str`, *optional*, defaults to `"lora"`): ``"lora"``, ``"lokr"``, ``"loha"`` or ``"full"``. The
+            targets leave out what the variant cannot wrap, and `trainable_parameters` counts that variant's
+            parameters: PEFT's `LoraConfig`, `LoKrConfig` or `LoHaConfig` at `r=rank` (their other options at the
+            defaults), or the targets' full weights.
 
     Example:
 
@@ -174,11 +217,37 @@ def inspect_report(
 
 
 def _trainable_parameters(model: nn.Module, names: tuple[str, ...], rank: int, variant: str) -> int:
+    if variant == "lora":
+        return count_lora_parameters(model, names, rank=rank)
+    modules = dict(model.named_modules())
     if variant == "full":
-        modules = dict(model.named_modules())
         return sum(modules[name].weight.numel() for name in names)
-    # LoKr/LoHa factorisations differ in size from LoRA's; the LoRA count is the comparable figure for all three.
-    return count_lora_parameters(model, names, rank=rank)
+    # LoKr and LoHa factorise each weight by its shape (PEFT's own rules): count them by letting PEFT wrap one meta
+    # module per distinct shape, the same code that builds the real adapter.
+    import torch
+    from peft import LoHaConfig, LoKrConfig, inject_adapter_in_model
+
+    config_class = {"lokr": LoKrConfig, "loha": LoHaConfig}[variant]
+    shapes = Counter(_shape_of(modules[name]) for name in names)
+    total = 0
+    for (kind, in_features, out_features, kernel, groups), count in shapes.items():
+        holder = nn.Module()
+        with torch.device("meta"):
+            if kind is nn.Linear:
+                holder.m = nn.Linear(in_features, out_features, bias=False)
+            else:
+                holder.m = kind(in_features, out_features, kernel, groups=groups, bias=False)
+        inject_adapter_in_model(config_class(r=rank, target_modules=["m"]), holder)
+        adapter = sum(p.numel() for name, p in holder.named_parameters() if ".base_layer." not in name)
+        total += count * adapter
+    return total
+
+
+def _shape_of(module: nn.Module) -> tuple:
+    if isinstance(module, nn.Linear):
+        return nn.Linear, module.in_features, module.out_features, None, 1
+    kind = next(cls for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d) if isinstance(module, cls))
+    return kind, module.in_channels, module.out_channels, module.kernel_size, module.groups
 
 
 def format_report(report: dict, *, source: str) -> str:
@@ -186,9 +255,9 @@ def format_report(report: dict, *, source: str) -> str:
     lines = [f"{report['class_name']} ({report['family']}), module tree from {source}"]
     lines.append(f"  {report['adaptable_modules']} Linear/Conv modules in all")
     for scope, data in report["scopes"].items():
+        adapter = "full weights" if report["variant"] == "full" else f"{report['variant']} r={report['rank']}"
         lines.append(
-            f"\nscope={scope}: {data['modules']} modules, {report['variant']} r={report['rank']}: "
-            f"{data['trainable_parameters']:,} trainable parameters"
+            f"\nscope={scope}: {data['modules']} modules, {adapter}: {data['trainable_parameters']:,} trainable parameters"
         )
         for group in data["groups"]:
             lines.append(f"  {group['role']:<9} {group['pattern']:<64} x{group['count']:<4} {group['note']}")

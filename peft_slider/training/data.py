@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from ..utils.checks import is_finite_number
+from ..utils.checks import check_int, is_finite_number, show_value
 from .sampler import SliderBackend
 
 __all__ = [
@@ -36,6 +36,10 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+# Bounds that keep every size an int64 and every value a float: beyond them a value is a typo, not a setting.
+_MAX_RESOLUTION = 65536
+_MAX_REPEATS = 10_000
 
 STRENGTH_KEY = "slider_strength"
 
@@ -167,6 +171,18 @@ class SliderConcatDataset(ConcatDataset):
         """The backends, in concatenation order, for `SliderBatchSampler(dataset.backends, ...)`."""
         return [dataset.backend for dataset in self.datasets]
 
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if isinstance(index, (list, tuple)) or (isinstance(index, torch.Tensor) and index.dim() > 0):
+            shown = list(index[:4]) + (["..."] if len(index) > 4 else [])
+            shown = "[" + ", ".join(str(int(i)) if i != "..." else i for i in shown) + "]"
+            # torch's ConcatDataset would fail on `index < 0` with "'<' not supported between 'list' and 'int'".
+            raise TypeError(
+                f"SliderConcatDataset got the index {shown}, a whole batch: a SliderBatchSampler was passed as "
+                "`sampler=`, so the DataLoader batched its batches. Pass it as "
+                "`DataLoader(dataset, batch_sampler=sampler)`."
+            )
+        return super().__getitem__(index)
+
 
 def batch_strength(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> float:
     """Return the single `slider_strength` of a batch of `SliderDataset` samples.
@@ -282,8 +298,9 @@ class ImageCaptionFolder(Dataset):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"`root` {str(root)!r} is not an existing folder; point it at the image folder.")
-        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-            raise ValueError(f"`resolution` must be an int >= 1 (pixels), got {resolution!r}.")
+        check_int(
+            resolution, argument="resolution", low=1, high=_MAX_RESOLUTION, bounds=f"[1, {_MAX_RESOLUTION}] (pixels)"
+        )
         strategies = ("textfile", "filename", "instanceprompt")
         if caption_strategy not in strategies:
             raise ValueError(f"`caption_strategy` must be one of {strategies}, got {caption_strategy!r}.")
@@ -319,7 +336,7 @@ class ImageCaptionFolder(Dataset):
                 if not text_file.is_file():
                     missing.append(text_file.name)
                     continue
-                text = text_file.read_text(encoding="utf-8").strip()
+                text = _read_text(text_file, what="The caption file").strip()
                 lines = [line.strip() for line in text.splitlines() if line.strip()]
                 variants = [text] if disable_multiline_split or not lines else lines
             self.captions.append([prefix + v if prefix else v for v in variants])
@@ -337,8 +354,14 @@ class ImageCaptionFolder(Dataset):
         from PIL import Image
 
         path = self.paths[index]
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            # PIL's messages ("image file is truncated") do not say which of thousands of files is broken.
+            raise OSError(
+                f"Cannot read the image {str(path)!r} ({error}). Re-save the file or remove it from the folder."
+            ) from error
         pixel_values = _square_tensor(image, self.resolution)
         variants = self.captions[index]
         caption = variants[0] if len(variants) == 1 else variants[int(torch.randint(len(variants), ()).item())]
@@ -346,6 +369,15 @@ class ImageCaptionFolder(Dataset):
 
     def __repr__(self) -> str:
         return f"ImageCaptionFolder(root={str(self.root)!r}, images={len(self)}, resolution={self.resolution})"
+
+
+def _read_text(path: Path, *, what: str) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{what} {str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}). Re-save it as UTF-8."
+        ) from None
 
 
 def _square_tensor(image, resolution: int) -> torch.Tensor:
@@ -508,18 +540,23 @@ def load_simpletuner_backends(
         path = Path(config)
         if not path.is_file():
             raise FileNotFoundError(f"`config` {str(path)!r} is not a file; give the dataloader JSON's path.")
+        text = _read_text(path, what="`config`")
         try:
-            entries = json.loads(path.read_text(encoding="utf-8"))
+            entries = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
         except json.JSONDecodeError as error:
             raise ValueError(f"`config` {str(path)!r} is not valid JSON: {error}.") from None
+        except ValueError as error:  # a duplicate key
+            raise ValueError(f"`config` {str(path)!r}: {error}") from None
     else:
         entries = config
     if not isinstance(entries, Sequence) or isinstance(entries, (str, bytes)):
         raise ValueError(
             f"A SimpleTuner dataloader config is a list of backend entries, got {type(entries).__name__}."
         )
-    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
-        raise ValueError(f"`resolution` must be an int >= 1 (pixels) or None, got {resolution!r}.")
+    if resolution is not None:
+        check_int(
+            resolution, argument="resolution", low=1, high=_MAX_RESOLUTION, bounds=f"[1, {_MAX_RESOLUTION}] (pixels)"
+        )
     base = Path(base_dir) if base_dir is not None else Path.cwd()
 
     datasets: list[SliderDataset] = []
@@ -533,7 +570,8 @@ def load_simpletuner_backends(
         if backend_id in seen_ids:
             raise ValueError(f"Backend id {backend_id!r} occurs twice in the config; ids must be unique.")
         seen_ids.add(backend_id)
-        if entry.get("disabled") or entry.get("disable"):
+        where = f"backend {backend_id!r}"
+        if _flag(where, entry, "disabled") or _flag(where, entry, "disable"):
             continue
         dataset_type = entry.get("dataset_type", "image")
         if dataset_type in _SKIPPED_DATASET_TYPES:
@@ -566,7 +604,7 @@ def _load_entry(
     if not folder_path.is_dir():
         raise FileNotFoundError(f"`instance_data_dir` of {where} is not an existing folder: {str(folder_path)!r}.")
     strategy = entry.get("caption_strategy", "filename")
-    if entry.get("only_instance_prompt"):
+    if _flag(where, entry, "only_instance_prompt"):
         strategy = "instanceprompt"
     if strategy not in ("textfile", "filename", "instanceprompt"):
         raise ValueError(
@@ -576,8 +614,9 @@ def _load_entry(
     repeats = entry.get("repeats", 0)
     if repeats is None:
         repeats = 0
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 0:
-        raise ValueError(f"`repeats` of {where} must be an int >= 0 (0 = no repeats), got {repeats!r}.")
+    check_int(
+        repeats, argument=f"`repeats` of {where}", low=0, high=_MAX_REPEATS, hint="0 shows each image once per epoch."
+    )
     edge = resolution if resolution is not None else _entry_resolution(where, entry)
     try:
         folder_dataset = ImageCaptionFolder(
@@ -585,8 +624,8 @@ def _load_entry(
             resolution=edge,
             caption_strategy=strategy,
             instance_prompt=entry.get("instance_prompt"),
-            prepend_instance_prompt=bool(entry.get("prepend_instance_prompt", False)),
-            disable_multiline_split=bool(entry.get("disable_multiline_split", False)),
+            prepend_instance_prompt=_flag(where, entry, "prepend_instance_prompt"),
+            disable_multiline_split=_flag(where, entry, "disable_multiline_split"),
         )
     except (ValueError, FileNotFoundError) as error:
         raise type(error)(f"{where}: {error}") from None
@@ -603,6 +642,33 @@ def _load_entry(
         probability=1.0 if probability is None else probability,
         name=backend_id,
     )
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # JSON readers keep the last of two equal keys without a word: a flipped `slider_strength` would go unnoticed.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            owner = dict(pairs).get("id")
+            where = f"backend {owner!r}" if isinstance(owner, str) else "an object of the config"
+            raise ValueError(
+                f"{where} has the field `{key}` twice ({result[key]!r} and {value!r}); JSON keeps only the last one. "
+                "Keep one of them."
+            )
+        result[key] = value
+    return result
+
+
+def _flag(where: str, entry: Mapping[str, Any], key: str) -> bool:
+    # Strict: the string "false" is truthy, and `"disabled": "false"` would silently drop the backend.
+    value = entry.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        spelled = value.strip().lower() if isinstance(value, str) else None
+        fix = f"write {spelled} without quotes" if spelled in ("true", "false") else "use true or false"
+        raise ValueError(f"`{key}` of {where} must be true or false (a JSON boolean), got {value!r}; {fix}.")
+    return value
 
 
 def _check_fields(where: str, entry: Mapping[str, Any]):
@@ -627,8 +693,12 @@ def _entry_resolution(where: str, entry: Mapping[str, Any]) -> int:
     if value is None:
         return 1024
     kind = entry.get("resolution_type", "pixel")
-    if not is_finite_number(value) or value <= 0:
-        raise ValueError(f"`resolution` of {where} must be a positive number, got {value!r}.")
+    # An edge of at most _MAX_RESOLUTION pixels, or that square's area in megapixels.
+    limit, unit = (_MAX_RESOLUTION**2 // 1_000_000, "megapixels") if kind == "area" else (_MAX_RESOLUTION, "pixels")
+    if not is_finite_number(value) or not 0 < value <= limit:
+        raise ValueError(
+            f"`resolution` of {where} must be a positive number of at most {limit} ({unit}), got {show_value(value)}."
+        )
     if kind == "area":
         # Megapixels: the edge of a square of that area, rounded to a multiple of 64 like SimpleTuner's buckets.
         return max(64, round(math.sqrt(value * 1_000_000) / 64) * 64)

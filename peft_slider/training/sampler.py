@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import Sampler
 
-from ..utils.checks import check_seed, is_finite_number
+from ..utils.checks import check_int, check_seed, is_finite_number, show_value
 
 __all__ = ["SLIDER_GROUPS", "SliderBackend", "SliderBatchInfo", "SliderBatchSampler", "slider_group"]
 
@@ -26,6 +26,9 @@ __all__ = ["SLIDER_GROUPS", "SliderBackend", "SliderBatchInfo", "SliderBatchSamp
 SLIDER_GROUPS = ("positive", "negative", "neutral")
 
 _STATE_VERSION = 1
+# Batch sizes and replica counts are bounded so that index arithmetic stays within torch's int64 range.
+_MAX_BATCH = 2**31 - 1
+_MAX_SAMPLES = 2**63 - 1
 
 
 def slider_group(slider_strength: float | None) -> str:
@@ -87,19 +90,24 @@ class SliderBackend:
                 f"`dataset` of {label} must be a dataset with `__len__` or an int length, got "
                 f"{type(dataset).__name__}. An IterableDataset cannot be planned; give its length instead."
             )
+        if self.num_samples > _MAX_SAMPLES:
+            raise ValueError(
+                f"`dataset` of {label} must be a length in [1, 2**63), got {show_value(self.num_samples)}. Give the "
+                "dataset's real number of samples."
+            )
         if self.num_samples < 1:
             raise ValueError(f"{label} is empty (0 samples). Remove it from the backends or add samples to it.")
         strength = self.slider_strength
         if strength is not None and not is_finite_number(strength):
             raise ValueError(
-                f"`slider_strength` of {label} must be a finite number or None, got {strength!r}. Use a value > 0 "
-                "for 'more of the concept', < 0 for 'less of it', and None or 0 for neutral examples."
+                f"`slider_strength` of {label} must be a finite number or None, got {show_value(strength)}. Use a "
+                "value > 0 for 'more of the concept', < 0 for 'less of it', and None or 0 for neutral examples."
             )
         probability = self.probability
         if not is_finite_number(probability) or probability < 0:
             raise ValueError(
-                f"`probability` of {label} must be a finite number >= 0, got {probability!r}. It weighs the backend "
-                "against the others of its group; 1 is the default."
+                f"`probability` of {label} must be a finite number >= 0, got {show_value(probability)}. It weighs the "
+                "backend against the others of its group; 1 is the default."
             )
 
     def _label(self) -> str:
@@ -156,8 +164,9 @@ class SliderBatchSampler(Sampler[list[int]]):
     """Yield batches of indices, each from a single backend, rotating positive -> negative -> neutral.
 
     The indices point into the concatenation of the backends in their given order, as
-    `torch.utils.data.ConcatDataset` (or `peft_slider.training.SliderConcatDataset`) numbers them. Pass the sampler as
-    `DataLoader(dataset, batch_sampler=sampler)`.
+    `torch.utils.data.ConcatDataset` (or `peft_slider.training.data.SliderConcatDataset`) numbers them. Pass the sampler as
+    `DataLoader(dataset, batch_sampler=sampler)` (given as `sampler=`, the DataLoader would batch its batches;
+    `SliderConcatDataset` catches that with a clear error).
 
     How an epoch is drawn: each backend's samples are shuffled and cut into batches. Steps then visit the groups in
     the fixed order positive -> negative -> neutral, skipping a group that has no batches left without shifting the
@@ -170,7 +179,9 @@ class SliderBatchSampler(Sampler[list[int]]):
     Without `drop_last`, a backend's last, short global batch is padded by wrapping around to the first indices of
     that backend in this epoch (as torch's `DistributedSampler` pads): to a multiple of `num_replicas`, so each rank
     gets the same, possibly smaller, batch; with `interleave_ranks=True` to full per-rank batches, because
-    accelerate's `BatchSamplerShard` skips or re-fills short batches. With one replica nothing is padded.
+    accelerate's `BatchSamplerShard` skips or re-fills short batches. With one replica nothing is padded, with or
+    without `interleave_ranks` (a one-process `accelerate launch` does not wrap the batch sampler), so each
+    backend's last batch may be short.
 
     Accelerate: `accelerator.prepare(dataloader)` wraps a batch sampler in `BatchSamplerShard`, which hands the i-th
     batch to rank `i % num_processes`. Build the sampler with `interleave_ranks=True` (the same on every process):
@@ -247,8 +258,7 @@ class SliderBatchSampler(Sampler[list[int]]):
                     f"`backends[{i}]` must be a SliderBackend, got {type(backend).__name__}. Wrap a dataset as "
                     "`SliderBackend(dataset, slider_strength=..., name=...)` or use `SliderDataset(...).backend`."
                 )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
+        check_int(batch_size, argument="batch_size", low=1, high=_MAX_BATCH, bounds="[1, 2**31)")
         seed = check_seed(seed)
         num_replicas, rank = _resolve_replicas(num_replicas, rank)
 
@@ -336,7 +346,10 @@ class SliderBatchSampler(Sampler[list[int]]):
         return size // global_batch if self.drop_last else -(-size // global_batch)
 
     def _padded_tail(self, remainder: int) -> int:
-        # Length a short last global batch is padded to (see the class docstring for why the modes differ).
+        # Length a short last global batch is padded to (see the class docstring for why the modes differ). One
+        # replica is never padded: accelerate does not wrap the batch sampler of a single process.
+        if self.num_replicas == 1:
+            return remainder
         if self.interleave_ranks:
             return self.batch_size * self.num_replicas
         return -(-remainder // self.num_replicas) * self.num_replicas
@@ -420,10 +433,10 @@ class SliderBatchSampler(Sampler[list[int]]):
         """Select the epoch whose plan the next iteration walks. A different epoch also drops a loaded resume point.
 
         Args:
-            epoch (`int`): The epoch number (>= 0), the same on every rank.
+            epoch (`int`): The epoch number in [0, 2**63), the same on every rank.
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"`epoch` must be an int >= 0, got {epoch!r}.")
+        # The plan's generator is seeded with `seed + epoch`, which must stay below torch's 2**64 seed limit.
+        check_int(epoch, argument="epoch", low=0, high=_MAX_SAMPLES, bounds="[0, 2**63)")
         if epoch != self.epoch:
             self._pending_start = self._start = self._cursor = 0
         self.epoch = epoch
@@ -572,8 +585,16 @@ class SliderBatchSampler(Sampler[list[int]]):
                 + ". Resume with the same backends and options, or start a fresh epoch without the state."
             )
         epoch, seed, step = state_dict["epoch"], state_dict["seed"], state_dict["step"]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (epoch, seed, step)) or epoch < 0:
-            raise ValueError(f"`state_dict` holds an invalid epoch/seed/step: {epoch!r}, {seed!r}, {step!r}.")
+        if (
+            not all(isinstance(v, int) and not isinstance(v, bool) for v in (epoch, seed, step))
+            or not 0 <= epoch <= _MAX_SAMPLES
+            or not 0 <= seed <= _MAX_SAMPLES
+        ):
+            shown = ", ".join(show_value(v) for v in (epoch, seed, step))
+            raise ValueError(
+                f"`state_dict` holds an invalid epoch/seed/step: {shown} (epoch and seed are ints in [0, 2**63)). "
+                "Pass a state from SliderBatchSampler.state_dict()."
+            )
         if not 0 <= step <= self._num_steps:
             raise ValueError(f"`state_dict['step']` must be in [0, {self._num_steps}], got {step!r}.")
         self.epoch, self.seed = epoch, seed
@@ -597,8 +618,7 @@ def _resolve_replicas(num_replicas: int | None, rank: int | None) -> tuple[int, 
         num_replicas = torch.distributed.get_world_size() if distributed else 1
     if rank is None:
         rank = torch.distributed.get_rank() if distributed else 0
-    if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
-        raise ValueError(f"`num_replicas` must be an int >= 1, got {num_replicas!r}.")
+    check_int(num_replicas, argument="num_replicas", low=1, high=_MAX_BATCH, bounds="[1, 2**31)")
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
         raise ValueError(f"`rank` must be an int in [0, {num_replicas}), got {rank!r}.")
     return num_replicas, rank

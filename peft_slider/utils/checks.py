@@ -13,7 +13,16 @@ import numbers
 import re
 from typing import Any
 
-__all__ = ["REPO_ID", "check_finite", "check_seed", "is_finite_number", "is_real_number", "is_repo_id"]
+__all__ = [
+    "REPO_ID",
+    "check_finite",
+    "check_int",
+    "check_seed",
+    "is_finite_number",
+    "is_real_number",
+    "is_repo_id",
+    "show_value",
+]
 
 # A Hub repo id, "owner/name" (a bare name would be mistaken for a missing local file). Neither part starts with a
 # dot or a dash, so `./x` and `../x` are local paths.
@@ -26,6 +35,25 @@ _SEED_LIMIT = 2**63  # torch generators take seeds up to 2**64 - 1; 2**63 leaves
 
 def _label(argument: str) -> str:
     return f"`{argument}`" if argument.isidentifier() else argument
+
+
+def show_value(value: Any) -> str:
+    """`repr(value)` for an error message, except that an int too long to read is shown by its number of digits.
+
+    Example:
+
+    ```py
+    >>> from peft_slider.utils.checks import show_value
+    >>> show_value("high"), show_value(10**400)
+    ("'high'", 'an int of 401 digits')
+
+    ```
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        digits = len(str(abs(int(value))))
+        if digits > 30:
+            return f"{'a negative' if value < 0 else 'an'} int of {digits} digits"
+    return repr(value)
 
 
 def is_real_number(value: Any) -> bool:
@@ -45,7 +73,8 @@ def is_real_number(value: Any) -> bool:
 
 
 def is_finite_number(value: Any) -> bool:
-    """Whether `value` is a real number (see [`is_real_number`]) that is neither NaN nor infinite.
+    """Whether `value` is a real number (see [`is_real_number`]) that is neither NaN nor infinite, nor an int beyond
+    the float range (every strength and weight is used as a float).
 
     Example:
 
@@ -53,12 +82,16 @@ def is_finite_number(value: Any) -> bool:
     >>> import numpy as np
     >>> from peft_slider.utils import is_finite_number
     >>> is_finite_number(np.float32(0.5)), is_finite_number(float("nan")), is_finite_number(10**400)
-    (True, False, True)
+    (True, False, False)
 
     ```
     """
-    # An int is always finite (and `math.isfinite` overflows on one beyond the float range).
-    return is_real_number(value) and (isinstance(value, numbers.Integral) or math.isfinite(value))
+    if not is_real_number(value):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range: `float(value)` would raise the same
+        return False
 
 
 def check_finite(value: Any, *, argument: str, expected: str = "a finite number", hint: str = "") -> float:
@@ -88,7 +121,9 @@ def check_finite(value: Any, *, argument: str, expected: str = "a finite number"
     ```
     """
     if not is_finite_number(value):
-        raise ValueError(f"{_label(argument)} must be {expected}, got {value!r}." + (f" {hint}" if hint else ""))
+        raise ValueError(
+            f"{_label(argument)} must be {expected}, got {show_value(value)}." + (f" {hint}" if hint else "")
+        )
     return float(value)
 
 
@@ -115,7 +150,8 @@ def check_seed(seed: Any, *, argument: str = "seed") -> int:
         raise TypeError(f"{_label(argument)} must be an int, got {seed!r}.")
     if not 0 <= seed < _SEED_LIMIT:
         raise ValueError(
-            f"{_label(argument)} must be an integer in [0, 2**63), got {seed!r}; pass a non-negative int such as 0."
+            f"{_label(argument)} must be an integer in [0, 2**63), got {show_value(seed)}; pass a non-negative int "
+            "such as 0."
         )
     return int(seed)
 
@@ -129,3 +165,25 @@ def is_repo_id(text: str) -> bool:
         and ".." not in text
         and not text.lower().endswith(_FILE_SUFFIXES)
     )
+
+
+def check_int(value: Any, *, argument: str, low: int, high: int, bounds: str | None = None, hint: str = "") -> int:
+    """Returns `value` if it is an int (not a bool) with `low <= value <= high`; raises a ValueError naming `argument`
+    otherwise. `bounds` is how the message writes the range (defaults to ``[low, high]``).
+
+    Example:
+
+    ```py
+    >>> from peft_slider.utils.checks import check_int
+    >>> check_int(10**400, argument="batch_size", low=1, high=2**31 - 1, bounds="[1, 2**31)")
+    Traceback (most recent call last):
+    ...
+    ValueError: `batch_size` must be an int in [1, 2**31), got an int of 401 digits.
+
+    ```
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        bounds = bounds or f"[{low}, {high}]"
+        message = f"{_label(argument)} must be an int in {bounds}, got {show_value(value)}."
+        raise ValueError(message + (f" {hint}" if hint else ""))
+    return int(value)
