@@ -80,13 +80,13 @@ __getattr__, __dir__ = lazy_exports(
 )
 
 if TYPE_CHECKING:
-    from .architectures import ARCHITECTURES, ArchitectureSpec, FAMILY_ALIASES, Rule, SCOPES
+    from .architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES, ArchitectureSpec, Rule
     from .config import SLIDER_ONLY_FIELDS, SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig
     from .full_rank import make_full_rank_trainable
     from .full_size import (
         FULL_SIZE_MODELS,
-        FullSizeModel,
         TREES_FILE,
+        FullSizeModel,
         build_meta_model,
         build_module_tree,
         write_module_trees,

@@ -105,10 +105,10 @@ if TYPE_CHECKING:
         load_simpletuner_backends,
     )
     from .objectives import (
+        NEUTRAL_OBJECTIVES,
         DenoisingObjective,
         EpsilonObjective,
         FlowMatchingObjective,
-        NEUTRAL_OBJECTIVES,
         NeutralObjective,
         NoisyBatch,
         SliderStep,
