@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import peft_slider
-from peft_slider.targeting import full_size
 from peft_slider.cli import main
+from peft_slider.targeting import full_size
 from peft_slider.targeting.full_size import FULL_SIZE_MODELS, build_meta_model, build_module_tree, tree_keys
 from peft_slider.targeting.targets import resolve_targets, universal_target_regex
 from tests.denoisers import DENOISERS
