@@ -399,6 +399,21 @@ def _delete_adapter(model: nn.Module, adapter_name: str) -> None:
         getattr(model, "peft_config", {}).pop(adapter_name, None)
 
 
+_MISSING = object()
+
+
+def _unwrap_new_tuner_layers(model: nn.Module, *, keep: set[int]) -> None:
+    """Puts back the base layer of every tuner layer a failed load wrapped (not in `keep`) that holds no adapter."""
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, BaseTunerLayer) and id(child) not in keep and not _held_adapters(child):
+                setattr(parent, child_name, child.get_base_layer())
+
+
+def _held_adapters(layer: BaseTunerLayer) -> set[str]:
+    return {adapter for attr in layer.adapter_layer_names for adapter in getattr(layer, attr, ())}
+
+
 def _inject_with_state_dict(
     model: nn.Module, config: PeftConfig, state_dict: dict[str, torch.Tensor], adapter_name: str
 ) -> None:
@@ -488,12 +503,25 @@ def add_assistant_adapter(
     previously_active = active_adapter_names(model)
     # PEFT and diffusers activate (and unfreeze) adapters while loading, also when loading then fails: snapshot first.
     state = _AdapterState(model)
+    # diffusers records the config (and its "adapters loaded" flag) before injecting, and keeps both if injecting fails.
+    had_configs = "peft_config" in vars(model)
+    loaded_flag = vars(model).get("_hf_peft_config_loaded", _MISSING)
     try:
         _load_adapter(model, source, adapter_name=adapter_name, state_dict=state_dict, prefix=prefix)
         _set_active(model, previously_active + [adapter_name])
     except BaseException:
         if adapter_name in adapter_names(model):
             _delete_adapter(model, adapter_name)
+        _unwrap_new_tuner_layers(model, keep={id(layer) for layer in state.layers})
+        configs = getattr(model, "peft_config", None)
+        if isinstance(configs, dict):
+            configs.pop(adapter_name, None)
+            if not configs and not had_configs:
+                delattr(model, "peft_config")
+        if loaded_flag is _MISSING:
+            vars(model).pop("_hf_peft_config_loaded", None)
+        else:
+            model._hf_peft_config_loaded = loaded_flag
         state.restore()
         raise
     state.restore_requires_grad()
