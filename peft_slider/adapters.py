@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -49,6 +50,77 @@ def _tuner_layers(model: nn.Module) -> Iterator[tuple[str, BaseTunerLayer]]:
     for name, module in model.named_modules():
         if isinstance(module, BaseTunerLayer):
             yield name, module
+
+
+# Holding a model's adapter layers. A PEFT layer has one scale and one set of active adapters for every thread, so
+# while a slider block (a `SliderScaler.at` / `slider_strength` block, or a pipeline slider call) has changed them,
+# the block's thread holds the layers: the same thread may nest blocks, another thread's changes raise, and merging
+# (which would bake the block's strength into the base weights) raises in every thread.
+_HOLD_LOCK = threading.Lock()
+# id(layer) -> [holding thread ident, thread name, open blocks]; a layer is here only while a block holds it.
+_HOLDS: dict[int, list] = {}
+
+
+def _merge_refused(layer: BaseTunerLayer):
+    # PEFT's signature: diffusers' fuse_lora inspects it for `adapter_names`.
+    def merge(safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        raise RuntimeError(
+            f"Cannot merge adapters into {type(layer).__name__} while a slider strength is applied to its model (an "
+            "open `slider_strength` / `SliderScaler.at` block, or a pipeline slider call): the merged weights would "
+            "keep that strength after the block, and unmerging later would leave the base weights changed. Merge or "
+            "fuse after the block; to fuse a slider at a strength, call pipe.fuse_lora(lora_scale=s, "
+            "adapter_names=[...]) outside any block."
+        )
+
+    return merge
+
+
+def _hold_layers(layers: Sequence[BaseTunerLayer], what: str) -> None:
+    """Marks `layers` held by the calling thread for one more block; RuntimeError if another thread holds them."""
+    me = threading.get_ident()
+    with _HOLD_LOCK:
+        _raise_if_held_elsewhere(layers, what, me)
+        for layer in layers:
+            hold = _HOLDS.get(id(layer))
+            if hold is None:
+                _HOLDS[id(layer)] = [me, threading.current_thread().name, 1]
+                layer.__dict__["merge"] = _merge_refused(layer)  # instance attribute: shadows the class's merge
+            else:
+                hold[2] += 1
+
+
+def _release_layers(layers: Sequence[BaseTunerLayer]) -> None:
+    with _HOLD_LOCK:
+        for layer in layers:
+            hold = _HOLDS.get(id(layer))
+            if hold is None:
+                continue
+            hold[2] -= 1
+            if hold[2] == 0:
+                del _HOLDS[id(layer)]
+                layer.__dict__.pop("merge", None)
+
+
+def _check_not_held_elsewhere(layers: Iterable[BaseTunerLayer], what: str) -> None:
+    """RuntimeError if another thread's block holds any of `layers`; free when no block is open anywhere."""
+    if _HOLDS:
+        with _HOLD_LOCK:
+            _raise_if_held_elsewhere(layers, what, threading.get_ident())
+
+
+def _raise_if_held_elsewhere(layers: Iterable[BaseTunerLayer], what: str, me: int) -> None:
+    for layer in layers:
+        hold = _HOLDS.get(id(layer))
+        if hold is not None and hold[0] != me:
+            raise _held_error(hold, what)
+
+
+def _held_error(hold: list, what: str) -> RuntimeError:
+    return RuntimeError(
+        f"Cannot {what}: the model is held by a slider block in thread {hold[1]!r}. A PEFT layer has one scale and "
+        "one set of active adapters for all threads, so one model cannot run two slider settings at once. Use one "
+        "model copy per thread, or run the blocks one after another (for example under a threading.Lock)."
+    )
 
 
 def _layer_holds(layer: BaseTunerLayer, adapter: str) -> bool:
@@ -291,6 +363,7 @@ def freeze_adapter(model: nn.Module, adapter_name: str) -> None:
     ```
     """
     _check_known(model, _as_name_list(adapter_name, "adapter_name"), "adapter_name")
+    _check_not_held_elsewhere((layer for _, layer in _tuner_layers(model)), f"freeze adapter {adapter_name!r}")
     for _, layer in _tuner_layers(model):
         for adapter, param in _layer_adapter_params(layer):
             if adapter == adapter_name:
@@ -349,6 +422,7 @@ def activate_adapters(
         raise ValueError(f"Adapters {overlap} are in both `slider` and `frozen`; an adapter is one or the other.")
     _check_known(model, slider_names, "slider")
     _check_known(model, frozen_names, "frozen")
+    _check_not_held_elsewhere((layer for _, layer in _tuner_layers(model)), "activate adapters")
 
     _set_active(model, slider_names + frozen_names)
     frozen_set = set(frozen_names) if trainable else set(frozen_names) | set(slider_names)

@@ -43,12 +43,15 @@ from .adapters import (
     _adapter_trainability,
     _AdapterState,
     _check_adapter_names,
+    _hold_layers,
+    _release_layers,
     _set_weight,
+    _tuner_layers,
     active_adapter_names,
 )
 from .adapters import adapter_names as model_adapter_names
 from .prompts import PromptEntry, check_strength, load_prompt_library
-from .scaling import SliderScaler
+from .scaling import MAX_STRENGTH, SliderScaler
 from .targets import denoiser_of
 
 if TYPE_CHECKING:
@@ -110,10 +113,23 @@ def _check_slider_start(value: Any) -> float:
     return value
 
 
+def _check_bound(strength: StrengthValue) -> None:
+    for adapter, value in strength.items() if isinstance(strength, dict) else [(None, strength)]:
+        if abs(value) > MAX_STRENGTH:
+            where = "The strength" if adapter is None else f"The strength of adapter {adapter!r}"
+            raise ValueError(
+                f"{where} is {value!r}, but a slider strength must have a magnitude at most {MAX_STRENGTH:g} "
+                "(peft_slider.scaling.MAX_STRENGTH): beyond it the slider's delta outweighs the model's own "
+                "activations and the images come out NaN. Pass a strength in [-1000, 1000]; sliders are used in "
+                "[-5, 5]."
+            )
+
+
 def _resolve_weights(
     denoiser: nn.Module, strength: StrengthValue, adapter_names: list[str] | None
 ) -> dict[str, float]:
     """Adapter name -> absolute weight, for a checked strength."""
+    _check_bound(strength)
     if isinstance(strength, dict):
         known = model_adapter_names(denoiser)
         for name in strength:
@@ -163,6 +179,7 @@ class _SliderCall:
         self.layers = {adapter: _adapter_layers(denoiser, adapter) for adapter in self.adapters}
         self._check_layers()
         self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._held: list = []
         self._scaler: SliderScaler | None = None
         self._state: _AdapterState | None = None
         self._signature = inspect.signature(denoiser.forward)
@@ -190,6 +207,9 @@ class _SliderCall:
                     )
 
     def __enter__(self) -> _SliderCall:
+        # Hold the denoiser's layers for the call: another thread's slider changes, and merging, raise meanwhile.
+        self._held = [layer for _, layer in _tuner_layers(self.denoiser)]
+        _hold_layers(self._held, "run a slider pipeline call")
         self._state = _AdapterState(self.denoiser)
         try:
             self._activate()
@@ -223,9 +243,13 @@ class _SliderCall:
                 self._scaler.restore()  # removes its hooks
                 self._scaler = None
         finally:
-            if self._state is not None:
-                self._state.restore()
-                self._state = None
+            try:
+                if self._state is not None:
+                    self._state.restore()
+                    self._state = None
+            finally:
+                _release_layers(self._held)
+                self._held = []
 
     def _activate(self) -> None:
         # A strength for an adapter that is loaded but inactive switches it on for the call, as set_adapters would.

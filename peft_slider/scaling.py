@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -28,10 +28,23 @@ from peft.tuners.lycoris_utils import LycorisLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ._checks import check_finite, is_real_number
-from .adapters import _check_adapter_names, _layer_holds, _trainability_of, _tuner_layers, active_adapter_names
+from ._checks import check_finite, is_finite_number, is_real_number
+from .adapters import (
+    _check_adapter_names,
+    _check_not_held_elsewhere,
+    _hold_layers,
+    _layer_holds,
+    _release_layers,
+    _trainability_of,
+    _tuner_layers,
+    active_adapter_names,
+)
 
-__all__ = ["SliderScaler", "Strength", "slider_strength"]
+__all__ = ["MAX_STRENGTH", "SliderScaler", "Strength", "slider_strength"]
+
+MAX_STRENGTH = 1000.0
+"""The largest strength magnitude accepted. Sliders are used in [-5, 5]; far beyond, the slider's delta outweighs the
+model's own activations, which then overflow (a strength of 1e20 gives NaN images in float32, far less in float16)."""
 
 #: A strength: one number for every slider, a 1-D tensor (or list) of per-sample strengths, or a dict giving either
 #: per adapter name (adapters not in the dict keep their reference scale).
@@ -44,8 +57,17 @@ _DELTA_FACTORS = "_peft_slider_delta_factors"
 _scaler_ids = itertools.count()
 
 
+def _beyond_bound(value: Any, adapter: str) -> ValueError:
+    return ValueError(
+        f"`strength` for adapter {adapter!r} is {value!r}, but a slider strength must have a magnitude at most "
+        f"{MAX_STRENGTH:g} (peft_slider.scaling.MAX_STRENGTH): beyond it the slider's delta outweighs the model's own "
+        "activations and the output overflows to NaN. Pass a strength in [-1000, 1000]; sliders are used in [-5, 5]."
+    )
+
+
 def _check_strength(value: Any, adapter: str) -> float | torch.Tensor:
-    """Returns `value` as a float, or as a detached 1-D floating tensor of per-sample strengths."""
+    """Returns `value` as a float, or as a detached 1-D floating tensor of per-sample strengths, each finite and of
+    magnitude at most `MAX_STRENGTH`."""
     if isinstance(value, (list, tuple)):
         if not value or not all(is_real_number(v) for v in value):
             raise ValueError(
@@ -61,8 +83,12 @@ def _check_strength(value: Any, adapter: str) -> float | torch.Tensor:
             )
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"Per-sample `strength` for adapter {adapter!r} must be finite, got {value.tolist()}.")
+        if bool((value.abs() > MAX_STRENGTH).any()):
+            raise _beyond_bound(value.tolist(), adapter)
         # Strengths are settings, not learnable: keep them out of the autograd graph.
         return value.detach()
+    if is_finite_number(value) and abs(value) > MAX_STRENGTH:  # an int may be too large for a float
+        raise _beyond_bound(value, adapter)
     return check_finite(
         value,
         argument=f"`strength` for adapter {adapter!r}",
@@ -144,6 +170,34 @@ def _batch_tensor(args: tuple, kwargs: dict) -> tuple[str, torch.Tensor] | None:
     return None
 
 
+class _Block:
+    """One open `at` / `slider_strength` block: the strength it gives each slot of its scaler, and what it found.
+
+    `relative` blocks (`slider_strength`) multiply the scale below them; the others (`SliderScaler.at`) set the
+    scaler's reference times the strength, whatever is below.
+    """
+
+    __slots__ = ("factors", "relative", "saved", "saved_per_sample", "scaler")
+
+    def __init__(self, scaler: SliderScaler, factors: dict[str, float], relative: bool) -> None:
+        self.scaler = scaler
+        self.factors = factors
+        self.relative = relative
+        self.saved: list[Any] = []
+        self.saved_per_sample: dict[str, torch.Tensor] = scaler._per_sample
+
+    def value(self, index: int, below: Any) -> Any:
+        _, adapter, reference = self.scaler._slots[index]
+        return (below if self.relative else reference) * self.factors[adapter]
+
+
+# (id of a layer's `scaling` dict, adapter) -> the open blocks that set that scale, oldest first, each with the slot's
+# index in its scaler. Blocks may close in any order: closing one hands what it found to the block opened right after
+# it on the slot, and the scale becomes what the blocks still open give, as if the closed one had never been entered.
+_BLOCKS: dict[tuple[int, str], list[tuple[_Block, int]]] = {}
+_BLOCKS_LOCK = threading.Lock()
+
+
 class SliderScaler:
     """
     Sets the signed strength of the slider adapters of a model, cheaply and exactly reversibly.
@@ -221,6 +275,9 @@ class SliderScaler:
         self.adapter_names: tuple[str, ...] = tuple(names)
         self._entries = entries
         self._layers = list({id(layer): layer for _, layer, _ in entries}.values())
+        # A block holds every adapter layer of the model (see `peft_slider.adapters._hold_layers`).
+        self._all_layers = [layer for _, layer in tuner_layers]
+        self._open: list[_Block] = []  # this scaler's open blocks, oldest first
         self._slots: list[tuple[dict, str, Any]] = []
         self.refresh()
         self._id = next(_scaler_ids)
@@ -287,6 +344,8 @@ class SliderScaler:
         self._per_sample_checked.update(adapters)
 
     def _parse(self, strength: Strength) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        if (type(strength) is float or type(strength) is int) and -MAX_STRENGTH <= strength <= MAX_STRENGTH:
+            return dict.fromkeys(self.adapter_names, strength), {}  # the common case: one number for every slider
         if isinstance(strength, Mapping):
             for name in strength:
                 if name not in self.adapter_names:
@@ -338,23 +397,15 @@ class SliderScaler:
 
         ```
         """
-        if type(strength) is float or type(strength) is int:
-            # Fast path for the common case: one number for every slider.
-            if not math.isfinite(strength):
-                _check_strength(strength, self.adapter_names[0])  # raises with the message
-            self._check_not_merged()
-            for scaling, adapter, reference in self._slots:
-                scaling[adapter] = reference * strength
-            if self._per_sample:
-                self._set_per_sample({})
-            return
+        _check_not_held_elsewhere(self._layers, "set a slider strength")
         scalars, per_sample = self._parse(strength)
         self._check_not_merged()
         if per_sample:
             self._check_per_sample_supported(list(per_sample))
         for scaling, adapter, reference in self._slots:
             scaling[adapter] = reference * scalars[adapter]
-        self._set_per_sample(per_sample)
+        if per_sample or self._per_sample:
+            self._set_per_sample(per_sample)
 
     def restore(self) -> None:
         """
@@ -375,6 +426,16 @@ class SliderScaler:
 
         ```
         """
+        _check_not_held_elsewhere(self._layers, "restore slider scales")
+        if any(layer.merged_adapters for layer in self._layers):
+            for (module_name, layer, adapter), (scaling, _, reference) in zip(self._entries, self._slots):
+                if adapter in layer.merged_adapters and scaling[adapter] != reference:
+                    raise ValueError(
+                        f"Adapter {adapter!r} was merged into the weights of {module_name!r} at scale "
+                        f"{scaling[adapter]!r}; restoring its scale to {reference!r} now would leave the base weights "
+                        "changed after unmerging. Unmerge it first (`model.unmerge_adapter()` or diffusers' "
+                        "`unfuse_lora()`), then restore()."
+                    )
         for scaling, adapter, reference in self._slots:
             scaling[adapter] = reference
         self._set_per_sample({})
@@ -405,15 +466,64 @@ class SliderScaler:
 
         ```
         """
-        saved = [scaling[adapter] for scaling, adapter, _ in self._slots]
-        saved_per_sample = self._per_sample  # replaced, never mutated, by `_set_per_sample`
+        block = self._enter(strength, relative=False)
         try:
-            self.set(strength)
             yield self
         finally:
-            for (scaling, adapter, _), value in zip(self._slots, saved):
-                scaling[adapter] = value
-            self._set_per_sample(saved_per_sample)
+            self._exit(block)
+
+    def _enter(self, strength: Strength, *, relative: bool) -> _Block:
+        """Opens a block: checks everything, holds the model's layers, then sets the strength. Changes nothing if it
+        raises."""
+        scalars, per_sample = self._parse(strength)
+        self._check_not_merged()
+        if per_sample:
+            self._check_per_sample_supported(list(per_sample))
+        _hold_layers(self._all_layers, "apply a slider strength")
+        try:
+            block = _Block(self, scalars, relative)
+            with _BLOCKS_LOCK:
+                for index, (scaling, adapter, reference) in enumerate(self._slots):
+                    below = scaling[adapter]
+                    block.saved.append(below)
+                    _BLOCKS.setdefault((id(scaling), adapter), []).append((block, index))
+                    scaling[adapter] = (below if relative else reference) * scalars[adapter]
+            self._open.append(block)
+            self._set_per_sample(per_sample)
+        except BaseException:
+            self._exit(block)
+            raise
+        return block
+
+    def _exit(self, block: _Block) -> None:
+        """Closes a block, in any order (see `_BLOCKS`); the last one to close leaves exactly what the first found."""
+        try:
+            with _BLOCKS_LOCK:
+                for index, (scaling, adapter, _) in enumerate(self._slots):
+                    if index >= len(block.saved):
+                        break  # `_enter` failed before reaching this slot
+                    key = (id(scaling), adapter)
+                    stack = _BLOCKS[key]
+                    position = len(stack) - 1 if stack[-1][0] is block else stack.index((block, index))
+                    below = block.saved[index]
+                    del stack[position]
+                    for later, later_index in stack[position:]:
+                        later.saved[later_index] = below
+                        below = later.value(later_index, below)
+                    scaling[adapter] = below
+                    if not stack:
+                        del _BLOCKS[key]
+            if block in self._open:
+                position = self._open.index(block)
+                del self._open[position]
+                if position < len(self._open):  # a later block of this scaler is open: its per-sample strengths stay
+                    self._open[position].saved_per_sample = block.saved_per_sample
+                else:
+                    self._set_per_sample(block.saved_per_sample)
+            else:
+                self._set_per_sample(block.saved_per_sample)
+        finally:
+            _release_layers(self._all_layers)
 
     # Per-sample strengths.
 
@@ -536,5 +646,8 @@ def slider_strength(
     ```
     """
     scaler = SliderScaler(model, adapter_names=adapter_names)
-    with scaler.at(strength):
+    block = scaler._enter(strength, relative=True)
+    try:
         yield scaler
+    finally:
+        scaler._exit(block)
