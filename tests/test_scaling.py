@@ -615,7 +615,8 @@ INTRUDERS = {
 }
 
 
-def _in_thread(fn):
+def in_thread(fn):
+    """Runs `fn` in a new thread named "intruder"; returns {"value": ...} or {"error": ...}."""
     result = {}
 
     def target():
@@ -640,7 +641,7 @@ def test_another_thread_cannot_change_a_model_a_block_holds(holder, intruder):
     call, match = INTRUDERS[intruder]
     with HOLDERS[holder](model):
         held = scales(model), active_adapter_names(model), slider_adapter_names(model)
-        result = _in_thread(lambda: call(model))
+        result = in_thread(lambda: call(model))
         assert isinstance(result.get("error"), RuntimeError), result
         assert re.search(match, str(result["error"])), str(result["error"])
         assert (scales(model), active_adapter_names(model), slider_adapter_names(model)) == held
@@ -648,7 +649,7 @@ def test_another_thread_cannot_change_a_model_a_block_holds(holder, intruder):
     for name, p in model.named_parameters():
         assert torch.equal(p, weights[name]), name
     torch.testing.assert_close(run(model, inputs), out_before, rtol=0, atol=0)
-    _in_thread(lambda: call(model)).get("error") is None or pytest.fail("refused after the block closed")
+    in_thread(lambda: call(model)).get("error") is None or pytest.fail("refused after the block closed")
 
 
 def test_blocks_on_different_models_run_in_parallel_threads():
