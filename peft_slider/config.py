@@ -262,7 +262,11 @@ class SliderLoraConfig(_SliderOptions, LoraConfig):
             Resolve exactly against this model's module names and check that every attention block gets a target.
         allow_text_targets (`bool`, *optional*, defaults to `False`):
             With user-given `target_modules` and a `model`, text-path hits warn unless this is set.
-        **kwargs: every `peft.LoraConfig` field (`r`, `lora_alpha`, `init_lora_weights`, ...).
+        **kwargs: every `peft.LoraConfig` field (`r`, `lora_alpha`, `init_lora_weights`, ...). Options a slider
+            cannot honour (a trained base `bias`, `modules_to_save`, DoRA, base-rewriting initialisations such as
+            PiSSA, ...: see `REFUSED_PEFT_OPTIONS`) raise a ValueError naming the field and value. With `model=`,
+            `layers_to_transform` / `layers_pattern` select blocks by PEFT's layer-index rule and are folded into the
+            exact `target_modules` (without `model=` they raise), so the saved slider loads anywhere.
 
     Example:
 

@@ -17,7 +17,10 @@ current weight is. Only the denoiser's adapter layers are touched, so it works o
 PEFT adapters, with or without diffusers' attention-kwargs `scale` path (Z-Image, Kandinsky 5, Cosmos, PixArt have
 none). Afterwards, also after an exception, every adapter's scale, which adapters are active and which parameters
 require grad are put back exactly as found (a snapshot, never undone by division, so weights 0 and negative restore
-exactly).
+exactly). During the call the pipeline's thread holds the denoiser, as a slider block does
+([`~peft_slider.scaling.SliderScaler`]): another thread's slider calls and blocks on it raise a RuntimeError, and so does
+merging (`pipe.fuse_lora()`, from a step callback). Strengths of magnitude above 1000
+(`peft_slider.scaling.MAX_STRENGTH`) are refused: their images overflow to NaN.
 
 `slider_start` (in [0, 1), as `SliderMetadata.slider_start`) keeps the slider off (strength 0, the base model) for the
 first `slider_start * steps` denoising steps (rounded half up), Concept Sliders' way to keep the base image's

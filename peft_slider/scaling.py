@@ -10,6 +10,12 @@ LoKr and LoHa layers multiply their delta by (`lora_alpha / r` after loading). T
 - Only the slider adapters are scaled: frozen adapters beside them (an "assistant" training adapter for distilled
   models) keep their scale.
 
+Blocks (`SliderScaler.at`, `slider_strength`) may nest and may close in any order: the scales are always those the
+blocks still open give, and when the last one closes, exactly the ones found before the first. While a block is open
+its thread holds the model: another thread's blocks, `set`, `restore`, `activate_adapters` and `freeze_adapter` on the
+same model raise a RuntimeError (PEFT layers have one scale for all threads), and merging adapters (`merge_adapter`,
+`merge_and_unload`, `fuse_lora`) raises in every thread. Strengths beyond `MAX_STRENGTH` (1000) are refused.
+
 A 1-D tensor gives one strength per batch element, so a single forward pass can carry positive, negative and neutral
 samples (or one prompt at several strengths). Only torch and PEFT are imported.
 """
@@ -225,6 +231,13 @@ class SliderScaler:
     Scales are captured by autograd at forward time, but with gradient checkpointing the forward is run again during
     backward: call `backward()` inside `at(...)` so both passes use the same strength.
 
+    Blocks and threads: `at(...)` blocks (of this or other scalers, and `slider_strength` blocks) may close in any
+    order; the scales are then those of the blocks still open, and the last to close restores exactly what the first
+    found. An open block holds the model for its thread: from another thread, blocks, `set` and `restore` on the same
+    model raise a RuntimeError; use one model per thread or run the blocks one after another. Merging adapters while
+    a block is open raises (the merged weights would keep the block's strength). `set` and `restore` outside a block
+    are plain writes: `restore` refuses while an adapter is merged at another scale than its reference.
+
     Args:
         model (`torch.nn.Module`):
             A [`~peft.PeftModel`], or a model carrying adapters directly (a diffusers model after `add_adapter` or
@@ -375,9 +388,10 @@ class SliderScaler:
 
         Args:
             strength (`float`, `torch.Tensor`, `list[float]` or `dict[str, ...]`):
-                A finite number for all sliders; a 1-D floating tensor (or list) of per-sample strengths, one per
-                batch element; or a dict from adapter name to either, to give several sliders different strengths
-                (sliders not in the dict get their reference scale). Nothing changes if it is invalid.
+                A finite number of magnitude at most `MAX_STRENGTH` (1000) for all sliders; a 1-D floating tensor
+                (or list) of per-sample strengths, one per batch element; or a dict from adapter name to either, to
+                give several sliders different strengths (sliders not in the dict get their reference scale). Nothing
+                changes if it is invalid.
 
         Example:
 
@@ -444,7 +458,8 @@ class SliderScaler:
     def at(self, strength: Strength) -> Iterator[SliderScaler]:
         """
         Context manager: `set(strength)` on entry; on exit, also on an exception, the scales and per-sample hooks
-        found on entry are put back exactly.
+        found on entry are put back exactly. Blocks closed out of order hand what they found to the block opened
+        after them, so the last to close restores exactly what the first found (see the class docstring).
 
         Args:
             strength (`float`, `torch.Tensor`, `list[float]` or `dict[str, ...]`):
@@ -619,8 +634,10 @@ def slider_strength(
     exception) restores the exact previous values.
 
     Nested blocks multiply (inside `slider_strength(m, 2)` and `slider_strength(m, -3)` the scale is `-6` times the
-    original) and restore in order. Builds a [`SliderScaler`] on every call; keep one `SliderScaler` when switching
-    often.
+    original). Blocks may close in any order: if the outer one closes first, the scale becomes `-3` times the
+    original, and when both are closed it is exactly the original. While the block is open, another thread cannot
+    change the model's adapters and merging raises (see [`SliderScaler`]). Builds a [`SliderScaler`] on every call;
+    keep one `SliderScaler` when switching often.
 
     Args:
         model (`torch.nn.Module`):
