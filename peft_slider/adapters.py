@@ -61,44 +61,48 @@ _HOLD_LOCK = threading.Lock()
 _HOLDS: dict[int, list] = {}
 
 
-def _merge_refused(layer: BaseTunerLayer):
-    # PEFT's signature: diffusers' fuse_lora inspects it for `adapter_names`.
-    def merge(safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise RuntimeError(
-            f"Cannot merge adapters into {type(layer).__name__} while a slider strength is applied to its model (an "
-            "open `slider_strength` / `SliderScaler.at` block, or a pipeline slider call): the merged weights would "
-            "keep that strength after the block, and unmerging later would leave the base weights changed. Merge or "
-            "fuse after the block; to fuse a slider at a strength, call pipe.fuse_lora(lora_scale=s, "
-            "adapter_names=[...]) outside any block."
-        )
-
-    return merge
+# PEFT's signature: diffusers' fuse_lora inspects it for `adapter_names`.
+def _refuse_merge(safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+    """Stands in for a held tuner layer's `merge` (an instance attribute shadowing the class's) while a block is open."""
+    raise RuntimeError(
+        "Cannot merge adapters into a layer while a slider strength is applied to its model (an open "
+        "`slider_strength` / `SliderScaler.at` block, or a pipeline slider call): the merged weights would keep that "
+        "strength after the block, and unmerging later would leave the base weights changed. Merge or fuse after the "
+        "block; to fuse a slider at a strength, call pipe.fuse_lora(lora_scale=s, adapter_names=[...]) outside any "
+        "block."
+    )
 
 
 def _hold_layers(layers: Sequence[BaseTunerLayer], what: str) -> None:
     """Marks `layers` held by the calling thread for one more block; RuntimeError if another thread holds them."""
-    me = threading.get_ident()
+    me, name = threading.get_ident(), threading.current_thread().name
     with _HOLD_LOCK:
-        _raise_if_held_elsewhere(layers, what, me)
-        for layer in layers:
+        for done, layer in enumerate(layers):
             hold = _HOLDS.get(id(layer))
             if hold is None:
-                _HOLDS[id(layer)] = [me, threading.current_thread().name, 1]
-                layer.__dict__["merge"] = _merge_refused(layer)  # instance attribute: shadows the class's merge
-            else:
+                _HOLDS[id(layer)] = [me, name, 1]
+                layer.__dict__["merge"] = _refuse_merge
+            elif hold[0] == me:
                 hold[2] += 1
+            else:
+                _release_held(layers[:done])  # one pass, undone on the rare conflict
+                raise _held_error(hold, what)
 
 
 def _release_layers(layers: Sequence[BaseTunerLayer]) -> None:
     with _HOLD_LOCK:
-        for layer in layers:
-            hold = _HOLDS.get(id(layer))
-            if hold is None:
-                continue
-            hold[2] -= 1
-            if hold[2] == 0:
-                del _HOLDS[id(layer)]
-                layer.__dict__.pop("merge", None)
+        _release_held(layers)
+
+
+def _release_held(layers: Sequence[BaseTunerLayer]) -> None:
+    for layer in layers:
+        hold = _HOLDS.get(id(layer))
+        if hold is None:
+            continue
+        hold[2] -= 1
+        if hold[2] == 0:
+            del _HOLDS[id(layer)]
+            layer.__dict__.pop("merge", None)
 
 
 def _check_not_held_elsewhere(layers: Iterable[BaseTunerLayer], what: str) -> None:

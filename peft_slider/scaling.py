@@ -328,6 +328,7 @@ class SliderScaler:
         ```
         """
         self._slots = [(layer.scaling, adapter, layer.scaling[adapter]) for _, layer, adapter in self._entries]
+        self._keys = [(id(scaling), adapter) for scaling, adapter, _ in self._slots]  # the slots' keys in `_BLOCKS`
 
     def _check_not_merged(self) -> None:
         if not any(layer.merged_adapters for layer in self._layers):
@@ -412,6 +413,14 @@ class SliderScaler:
         ```
         """
         _check_not_held_elsewhere(self._layers, "set a slider strength")
+        if (type(strength) is float or type(strength) is int) and -MAX_STRENGTH <= strength <= MAX_STRENGTH:
+            # Fast path for the common case: one number for every slider.
+            self._check_not_merged()
+            for scaling, adapter, reference in self._slots:
+                scaling[adapter] = reference * strength
+            if self._per_sample:
+                self._set_per_sample({})
+            return
         scalars, per_sample = self._parse(strength)
         self._check_not_merged()
         if per_sample:
@@ -497,11 +506,16 @@ class SliderScaler:
         _hold_layers(self._all_layers, "apply a slider strength")
         try:
             block = _Block(self, scalars, relative)
+            saved = block.saved
             with _BLOCKS_LOCK:
-                for index, (scaling, adapter, reference) in enumerate(self._slots):
+                for index, ((scaling, adapter, reference), key) in enumerate(zip(self._slots, self._keys)):
                     below = scaling[adapter]
-                    block.saved.append(below)
-                    _BLOCKS.setdefault((id(scaling), adapter), []).append((block, index))
+                    saved.append(below)
+                    stack = _BLOCKS.get(key)
+                    if stack is None:
+                        _BLOCKS[key] = [(block, index)]
+                    else:
+                        stack.append((block, index))
                     scaling[adapter] = (below if relative else reference) * scalars[adapter]
             self._open.append(block)
             self._set_per_sample(per_sample)
@@ -514,20 +528,18 @@ class SliderScaler:
         """Closes a block, in any order (see `_BLOCKS`); the last one to close leaves exactly what the first found."""
         try:
             with _BLOCKS_LOCK:
-                for index, (scaling, adapter, _) in enumerate(self._slots):
-                    if index >= len(block.saved):
-                        break  # `_enter` failed before reaching this slot
-                    key = (id(scaling), adapter)
+                # zip stops at the slots `_enter` reached, should it have failed part way.
+                for index, ((scaling, adapter, _), key, below) in enumerate(zip(self._slots, self._keys, block.saved)):
                     stack = _BLOCKS[key]
-                    position = len(stack) - 1 if stack[-1][0] is block else stack.index((block, index))
-                    below = block.saved[index]
-                    del stack[position]
-                    for later, later_index in stack[position:]:
-                        later.saved[later_index] = below
-                        below = later.value(later_index, below)
-                    scaling[adapter] = below
-                    if not stack:
+                    if len(stack) == 1:  # the only open block on this slot: the common case
                         del _BLOCKS[key]
+                    else:
+                        position = len(stack) - 1 if stack[-1][0] is block else stack.index((block, index))
+                        del stack[position]
+                        for later, later_index in stack[position:]:
+                            later.saved[later_index] = below
+                            below = later.value(later_index, below)
+                    scaling[adapter] = below
             if block in self._open:
                 position = self._open.index(block)
                 del self._open[position]
