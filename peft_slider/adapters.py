@@ -15,8 +15,10 @@ Works for a [`~peft.PeftModel`] and for a model that carries adapters directly (
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -61,16 +63,58 @@ _HOLD_LOCK = threading.Lock()
 _HOLDS: dict[int, list] = {}
 
 
-# PEFT's signature: diffusers' fuse_lora inspects it for `adapter_names`.
-def _refuse_merge(safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-    """Stands in for a held tuner layer's `merge` (an instance attribute shadowing the class's) while a block is open."""
+# What a held layer's scales were before its last `scale_layer` call (see `_refuse_merge`).
+_SCALED_FROM = "_peft_slider_scaled_from"
+# The tuner-layer methods a hold shadows with instance attributes (see `_stand_ins`).
+_HELD_METHODS = ("merge", "scale_layer", "unscale_layer")
+
+
+def _refuse_merge(ref: weakref.ref, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+    """Stands in for a held tuner layer's `merge` while a block is open. diffusers' `fuse_lora(lora_scale=s)` scales a
+    layer just before merging it: that scaling is undone exactly here, so the refusal leaves the layer as it was.
+    (Keeps PEFT's signature: fuse_lora inspects it for `adapter_names`.)"""
+    layer = ref()
+    scaled_from = layer.__dict__.pop(_SCALED_FROM, None)
+    if scaled_from is not None:
+        layer.scaling.update(scaled_from)
     raise RuntimeError(
-        "Cannot merge adapters into a layer while a slider strength is applied to its model (an open "
+        f"Cannot merge adapters into {type(layer).__name__} while a slider strength is applied to its model (an open "
         "`slider_strength` / `SliderScaler.at` block, or a pipeline slider call): the merged weights would keep that "
         "strength after the block, and unmerging later would leave the base weights changed. Merge or fuse after the "
         "block; to fuse a slider at a strength, call pipe.fuse_lora(lora_scale=s, adapter_names=[...]) outside any "
         "block."
     )
+
+
+def _noting_scale_layer(ref: weakref.ref, scale: float) -> None:
+    layer = ref()
+    layer.__dict__[_SCALED_FROM] = dict(layer.scaling)
+    type(layer).scale_layer(layer, scale)
+
+
+def _noting_unscale_layer(ref: weakref.ref, scale: float | None = None) -> None:
+    layer = ref()
+    layer.__dict__.pop(_SCALED_FROM, None)
+    type(layer).unscale_layer(layer, scale)
+
+
+# id(layer) -> the stand-ins for one layer, made once (blocks open and close often) and dropped with the layer. They
+# hold the layer by weak reference, so this cache keeps no model alive.
+_STAND_INS: dict[int, dict[str, functools.partial]] = {}
+
+
+def _stand_ins(layer: BaseTunerLayer) -> dict[str, functools.partial]:
+    key = id(layer)
+    stand_ins = _STAND_INS.get(key)
+    if stand_ins is None or stand_ins["merge"].args[0]() is not layer:
+        ref = weakref.ref(layer, lambda _, key=key: _STAND_INS.pop(key, None))
+        stand_ins = {
+            "merge": functools.partial(_refuse_merge, ref),
+            "scale_layer": functools.partial(_noting_scale_layer, ref),
+            "unscale_layer": functools.partial(_noting_unscale_layer, ref),
+        }
+        _STAND_INS[key] = stand_ins
+    return stand_ins
 
 
 def _hold_layers(layers: Sequence[BaseTunerLayer], what: str) -> None:
@@ -81,7 +125,8 @@ def _hold_layers(layers: Sequence[BaseTunerLayer], what: str) -> None:
             hold = _HOLDS.get(id(layer))
             if hold is None:
                 _HOLDS[id(layer)] = [me, name, 1]
-                layer.__dict__["merge"] = _refuse_merge
+                # Instance attributes shadow the class's methods until the last block holding the layer closes.
+                layer.__dict__.update(_stand_ins(layer))
             elif hold[0] == me:
                 hold[2] += 1
             else:
@@ -102,7 +147,8 @@ def _release_held(layers: Sequence[BaseTunerLayer]) -> None:
         hold[2] -= 1
         if hold[2] == 0:
             del _HOLDS[id(layer)]
-            layer.__dict__.pop("merge", None)
+            for attribute in (*_HELD_METHODS, _SCALED_FROM):
+                layer.__dict__.pop(attribute, None)
 
 
 def _check_not_held_elsewhere(layers: Iterable[BaseTunerLayer], what: str) -> None:

@@ -685,6 +685,8 @@ MERGES = {
     "layer_merge": ("mlp", lambda m: m.base_model.model.fc2.merge()),
     "diffusers_fuse_lora": ("unet", lambda m: m.fuse_lora(adapter_names=["slider"])),
     "diffusers_fuse_assistant": ("unet", lambda m: m.fuse_lora(adapter_names=["assistant"])),
+    # diffusers scales each layer by lora_scale just before merging it: the refused layer must be unscaled exactly.
+    "diffusers_fuse_lora_scale": ("unet", lambda m: m.fuse_lora(lora_scale=0.3)),
 }
 BLOCKS = {
     "scaler.at": lambda m: SliderScaler(m, adapter_names="slider").at(2.0),
