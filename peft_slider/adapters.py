@@ -59,7 +59,8 @@ def _tuner_layers(model: nn.Module) -> Iterator[tuple[str, BaseTunerLayer]]:
 # the block's thread holds the layers: the same thread may nest blocks, another thread's changes raise, and merging
 # (which would bake the block's strength into the base weights) raises in every thread.
 _HOLD_LOCK = threading.Lock()
-# id(layer) -> [holding thread ident, thread name, open blocks]; a layer is here only while a block holds it.
+# id(layer) -> [holding thread ident, thread name, open blocks, of which pipeline slider calls]; a layer is here only
+# while a block holds it.
 _HOLDS: dict[int, list] = {}
 
 
@@ -117,34 +118,44 @@ def _stand_ins(layer: BaseTunerLayer) -> dict[str, functools.partial]:
     return stand_ins
 
 
-def _hold_layers(layers: Sequence[BaseTunerLayer], what: str) -> None:
-    """Marks `layers` held by the calling thread for one more block; RuntimeError if another thread holds them."""
+def _hold_layers(layers: Sequence[BaseTunerLayer], what: str, *, call: bool = False) -> None:
+    """Marks `layers` held by the calling thread for one more block (`call=True`: a pipeline slider call); RuntimeError
+    if another thread holds them, or if a strength block would open inside a pipeline slider call."""
     me, name = threading.get_ident(), threading.current_thread().name
     with _HOLD_LOCK:
         for done, layer in enumerate(layers):
             hold = _HOLDS.get(id(layer))
             if hold is None:
-                _HOLDS[id(layer)] = [me, name, 1]
+                _HOLDS[id(layer)] = [me, name, 1, int(call)]
                 # Instance attributes shadow the class's methods until the last block holding the layer closes.
                 layer.__dict__.update(_stand_ins(layer))
-            elif hold[0] == me:
+            elif hold[0] == me and (call or not hold[3]):
                 hold[2] += 1
+                hold[3] += call
             else:
-                _release_held(layers[:done])  # one pass, undone on the rare conflict
-                raise _held_error(hold, what)
+                _release_held(layers[:done], call=call)  # one pass, undone on the rare conflict
+                if hold[0] != me:
+                    raise _held_error(hold, what)
+                # The call restores the snapshot it took when it ends, which a block still open then would not expect.
+                raise RuntimeError(
+                    f"Cannot {what} inside a pipeline slider call (generate_at, generate_library, sweep), for example "
+                    "from a step callback: the call puts back the adapters it found when it ends. Pass the strength "
+                    "to the call (`strength=`, or a mapping per adapter), or open the block around the call."
+                )
 
 
-def _release_layers(layers: Sequence[BaseTunerLayer]) -> None:
+def _release_layers(layers: Sequence[BaseTunerLayer], *, call: bool = False) -> None:
     with _HOLD_LOCK:
-        _release_held(layers)
+        _release_held(layers, call=call)
 
 
-def _release_held(layers: Sequence[BaseTunerLayer]) -> None:
+def _release_held(layers: Sequence[BaseTunerLayer], *, call: bool = False) -> None:
     for layer in layers:
         hold = _HOLDS.get(id(layer))
         if hold is None:
             continue
         hold[2] -= 1
+        hold[3] -= call
         if hold[2] == 0:
             del _HOLDS[id(layer)]
             for attribute in (*_HELD_METHODS, _SCALED_FROM):

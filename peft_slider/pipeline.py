@@ -19,7 +19,8 @@ none). Afterwards, also after an exception, every adapter's scale, which adapter
 require grad are put back exactly as found (a snapshot, never undone by division, so weights 0 and negative restore
 exactly). During the call the pipeline's thread holds the denoiser, as a slider block does
 ([`~peft_slider.scaling.SliderScaler`]): another thread's slider calls and blocks on it raise a RuntimeError, and so does
-merging (`pipe.fuse_lora()`, from a step callback). Strengths of magnitude above 1000
+merging (`pipe.fuse_lora()`, from a step callback), and so does opening a strength block (`slider_strength`,
+`SliderScaler.at`) from a step callback: open it around the call instead. Strengths of magnitude above 1000
 (`peft_slider.scaling.MAX_STRENGTH`) are refused: their images overflow to NaN.
 
 `slider_start` (in [0, 1), as `SliderMetadata.slider_start`) keeps the slider off (strength 0, the base model) for the
@@ -212,7 +213,7 @@ class _SliderCall:
     def __enter__(self) -> _SliderCall:
         # Hold the denoiser's layers for the call: another thread's slider changes, and merging, raise meanwhile.
         self._held = [layer for _, layer in _tuner_layers(self.denoiser)]
-        _hold_layers(self._held, "run a slider pipeline call")
+        _hold_layers(self._held, "run a slider pipeline call", call=True)
         self._state = _AdapterState(self.denoiser)
         try:
             self._activate()
@@ -251,7 +252,7 @@ class _SliderCall:
                     self._state.restore()
                     self._state = None
             finally:
-                _release_layers(self._held)
+                _release_layers(self._held, call=True)
                 self._held = []
 
     def _activate(self) -> None:

@@ -701,3 +701,31 @@ def test_fusing_inside_a_slider_call_is_refused_and_changes_nothing(lora_scale):
     assert not any(m.merged_adapters for m in denoiser.modules() if isinstance(m, BaseTunerLayer))
     for name, p in denoiser.named_parameters():
         assert torch.equal(p, weights[name]), name
+
+
+# A strength block opened inside a pipeline slider call (from a step callback) would outlive the call's snapshot: the
+# call would put back its own snapshot, and the block, closing later, the call's weights, for good. It is refused.
+@pytest.mark.parametrize("close", ["inside", "after"])
+def test_a_strength_block_inside_a_slider_call_is_refused(close):
+    pipe = _pipe("sd15")
+    pipe.set_adapters(["smile"], adapter_weights=[-0.5])
+    before = adapter_state(pipe)
+    opened = []
+
+    def callback(pipe, step, timestep, callback_kwargs):
+        if step == 0:
+            block = slider_strength(denoiser_of(pipe), 2.0, adapter_names="smile")
+            block.__enter__()
+            opened.append(block)
+            if close == "inside":
+                block.__exit__(None, None, None)
+        return callback_kwargs
+
+    with pytest.raises(RuntimeError, match=r"Cannot apply a slider strength inside a pipeline slider call"):
+        pipe.generate_at(
+            PROMPT, strength=1.5, callback_on_step_end=callback, **kwargs_of("sd15", generator=generator())
+        )
+    assert opened == [] and adapter_state(pipe) == before
+    with slider_strength(denoiser_of(pipe), 2.0, adapter_names="smile"):  # around a call, blocks work
+        pipe.generate_at(PROMPT, strength=1.5, **kwargs_of("sd15", generator=generator()))
+    assert adapter_state(pipe) == before
