@@ -237,6 +237,17 @@ def test_full_rank_trains_exactly_the_targets(case_id):
     assert {n for n, p in model.named_parameters() if p.requires_grad} == set(names)
 
 
+@pytest.mark.parametrize("case_id", ["sd15", "flux"])
+def test_full_rank_on_a_model_carrying_an_adapter_trains_the_same_base_weights(case_id):
+    case = DENOISERS[case_id]
+    expected = make_full_rank_trainable(case.build())
+    model = case.build()
+    model.add_adapter(SliderLoraConfig(r=4, model=model), adapter_name="first")
+    names = make_full_rank_trainable(model)
+    assert [name.replace(".base_layer", "") for name in names] == expected
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(names)
+
+
 # --- bad input ------------------------------------------------------------------------------------------------
 
 
