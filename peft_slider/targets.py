@@ -373,7 +373,7 @@ def _check_block_coverage(modules: dict[str, nn.Module], matched: list[str], spe
 def count_lora_parameters(model: nn.Module, names: Iterable[str], *, rank: int) -> int:
     """The number of LoRA parameters (A and B) that `rank`-`rank` adapters on `names` add. Works on meta tensors."""
     total = 0
-    modules = dict(model.named_modules())
+    modules = base_modules(model)
     for name in names:
         module = modules[name]
         if isinstance(module, nn.Linear):
