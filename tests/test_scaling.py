@@ -738,3 +738,21 @@ def test_strengths_beyond_the_bound_are_refused(case):
     assert_state(model, before)
     with slider_strength(model, -1000.0):  # the bound itself is allowed, and finite
         assert torch.isfinite(run(model, mlp_inputs(2))).all()
+
+
+def test_restore_while_merged_at_a_strength_is_refused_until_unmerged():
+    """`set` then merge (outside any block) is the user's choice; restoring the scale before unmerging would leave
+    the base weights changed for good (unmerge subtracts the delta at the restored scale)."""
+    model = build_mlp("lora")
+    before = scales(model)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    scaler = SliderScaler(model, adapter_names="slider")
+    scaler.set(2.0)
+    model.merge_adapter()
+    with pytest.raises(ValueError, match=r"Adapter 'slider' was merged into the weights of '.*fc1' at scale 4.0"):
+        scaler.restore()
+    model.unmerge_adapter()
+    scaler.restore()
+    assert_state(model, before)
+    for name, p in model.named_parameters():  # a merge and an unmerge round the base weights a little, no more
+        torch.testing.assert_close(p, weights[name], rtol=0, atol=1e-6)
