@@ -10,6 +10,10 @@ because PEFT's `set_adapter` makes every adapter it activates trainable.
 Works for a [`~peft.PeftModel`] and for a model that carries adapters directly (a diffusers model after
 `model.add_adapter(config, adapter_name=...)` or `pipe.load_lora_weights(...)`, or any module after
 [`~peft.inject_adapter_in_model`]). Only torch and PEFT are imported.
+
+While a slider block ([`~peft_slider.scaling.slider_strength`], `SliderScaler.at`, a pipeline slider call) is open on
+a model, its thread holds the model's adapter layers: [`activate_adapters`] and [`freeze_adapter`] from another thread
+raise a RuntimeError, and merging adapters raises in every thread.
 """
 
 from __future__ import annotations

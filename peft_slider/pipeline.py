@@ -214,8 +214,8 @@ class _SliderCall:
         # Hold the denoiser's layers for the call: another thread's slider changes, and merging, raise meanwhile.
         self._held = [layer for _, layer in _tuner_layers(self.denoiser)]
         _hold_layers(self._held, "run a slider pipeline call", call=True)
-        self._state = _AdapterState(self.denoiser)
         try:
+            self._state = _AdapterState(self.denoiser)
             self._activate()
             if self.per_sample:
                 # Per-sample strengths multiply the delta of a layer at its base scale (weight 1).
