@@ -39,7 +39,7 @@ def _unset(value: Any) -> bool:
 # The PEFT options a slider refuses: field -> (is the value fine?, why not, how to fix). A slider is a signed direction:
 # strength s must scale its whole effect by s, and strength 0 must give the base model. Every other field of PEFT
 # 0.21's LoraConfig (and of LoKr/LoHa) is honoured: r, lora_alpha, lora_dropout, target_modules, exclude_modules,
-# use_rslora, rank_pattern, alpha_pattern, lora_bias (the bias is part of lora_B, so it is scaled too),
+# use_rslora, rank_pattern, alpha_pattern,
 # init_lora_weights True/False/"gaussian", layers_to_transform/layers_pattern (see `_apply_layer_selection`),
 # inference_mode, runtime_config and the bookkeeping fields (task_type, base_model_name_or_path, revision, ...).
 REFUSED_PEFT_OPTIONS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
@@ -47,7 +47,7 @@ REFUSED_PEFT_OPTIONS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
         lambda v: v == "none",
         "it trains the base layers' biases, which are not part of the slider's delta: strength does not scale them "
         "and strength 0 is not the base model",
-        "leave bias='none' (or use lora_bias=True, a bias inside the slider's delta)",
+        "leave bias='none'",
     ),
     "modules_to_save": (
         _unset,
@@ -59,6 +59,11 @@ REFUSED_PEFT_OPTIONS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
         "DoRA renormalises the weight with a trained magnitude, so the delta is not linear in strength and "
         "strength 0 is not the base model",
         "use plain LoRA (use_dora=False)",
+    ),
+    "lora_bias": (
+        _unset,
+        "save_slider and the kohya/ComfyUI formats carry plain LoRA weights only, so the saved slider would lose it",
+        "leave lora_bias=False",
     ),
     "fan_in_fan_out": (
         _unset,

@@ -503,9 +503,9 @@ class SliderScaler:
         self._check_not_merged()
         if per_sample:
             self._check_per_sample_supported(list(per_sample))
+        block = _Block(self, scalars, relative)
         _hold_layers(self._all_layers, "apply a slider strength")
         try:
-            block = _Block(self, scalars, relative)
             saved = block.saved
             with _BLOCKS_LOCK:
                 for index, ((scaling, adapter, reference), key) in enumerate(zip(self._slots, self._keys)):

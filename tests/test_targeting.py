@@ -20,6 +20,7 @@ from peft_slider import (
     tiny_pipelines,
 )
 from peft_slider.config import REFUSED_PEFT_OPTIONS
+from peft_slider.export import save_slider
 from peft_slider.scaling import slider_strength
 from peft_slider.targets import (
     DENOISER_ATTRIBUTES,
@@ -398,7 +399,6 @@ HONOURED = {
     "rank_pattern": ({"rank_pattern": {"x_embedder": 2}}, lambda m, t: _lora_attr(m, "base_model.model.x_embedder").r),
     "alpha_pattern": ({"alpha_pattern": {"x_embedder": 2}}, lambda m, t: m.base_model.model.x_embedder.scaling),
     "use_rslora": ({"use_rslora": True}, lambda m, t: m.base_model.model.proj_out.scaling),
-    "lora_bias": ({"lora_bias": True}, lambda m, t: m.base_model.model.proj_out.lora_B["default"].bias is not None),
     "init_gaussian": ({"init_lora_weights": "gaussian"}, lambda m, t: len(t) == 12),
     "lora_dropout": ({"lora_dropout": 0.1}, lambda m, t: len(t) == 12),
     "layers_to_transform": ({"layers_to_transform": [1], "layers_pattern": "transformer_blocks"}, lambda m, t: t),
@@ -409,7 +409,6 @@ EXPECTED = {
     "rank_pattern": {"default": 2},
     "alpha_pattern": {"default": 0.5},
     "use_rslora": {"default": 4.0},
-    "lora_bias": True,
     "init_gaussian": True,
     "lora_dropout": True,
     "layers_to_transform": BLOCK_1,
@@ -448,6 +447,22 @@ def test_honoured_peft_options_act_and_the_saved_slider_reloads(case, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(FLUX2.output_tensor(reloaded(**inputs)), adapted, rtol=1e-5, atol=1e-5)
 
+    # The same slider on a diffusers model, through save_slider and diffusers' own loader.
+    model = FLUX2.build()
+    model.add_adapter(SliderLoraConfig(model=model, **kwargs), adapter_name="s")
+    if case == "init_gaussian":
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter)
+    with torch.no_grad():
+        expected = FLUX2.output_tensor(model(**inputs))
+    paths = save_slider(model, tmp_path / "slider", adapter_name="s", formats=("diffusers",))
+    fresh = FLUX2.build()
+    fresh.load_lora_adapter(str(tmp_path / "slider"), weight_name=paths["diffusers"].name, adapter_name="s")
+    assert {n.removesuffix(".lora_A") for n, _ in fresh.named_modules() if n.endswith("lora_A")} == targeted
+    with torch.no_grad():
+        torch.testing.assert_close(FLUX2.output_tensor(fresh(**inputs)), expected, rtol=1e-5, atol=1e-5)
+
 
 # (options, the message fragment naming the field and value). The refusal happens when the config is made.
 REFUSED = [
@@ -455,6 +470,7 @@ REFUSED = [
     ({"bias": "lora_only"}, "`bias`='lora_only'"),
     ({"modules_to_save": ["proj_out"]}, "`modules_to_save`=['proj_out']"),
     ({"use_dora": True}, "`use_dora`=True"),
+    ({"lora_bias": True}, "`lora_bias`=True"),
     ({"fan_in_fan_out": True}, "`fan_in_fan_out`=True"),
     ({"init_lora_weights": "pissa"}, "`init_lora_weights`='pissa'"),
     ({"init_lora_weights": "pissa_niter_4"}, "`init_lora_weights`='pissa_niter_4'"),
@@ -494,7 +510,7 @@ def test_every_lora_config_field_is_honoured_or_refused():
         "inference_mode", "runtime_config",
         # the LoRA itself; target_modules is resolved by the slider when unset
         "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "use_rslora", "rank_pattern",
-        "alpha_pattern", "lora_bias", "layers_to_transform", "layers_pattern",
+        "alpha_pattern", "layers_to_transform", "layers_pattern",
         # only read together with a refused option
         "megatron_core", "qalora_group_size",
     }  # fmt: skip
