@@ -19,12 +19,13 @@ raise a RuntimeError, and merging adapters raises in every thread.
 from __future__ import annotations
 
 import copy
-import functools
+import inspect
 import os
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
@@ -68,56 +69,68 @@ _HOLD_LOCK = threading.Lock()
 _HOLDS: dict[int, list] = {}
 
 
-# What a held layer's scales were before its last `scale_layer` call (see `_refuse_merge`).
+# What a held layer's scales were before its last `scale_layer` call (see `_StandIn`).
 _SCALED_FROM = "_peft_slider_scaled_from"
-# The tuner-layer methods a hold shadows with instance attributes (see `_stand_ins`).
+# The tuner-layer methods a hold shadows with instance attributes.
 _HELD_METHODS = ("merge", "scale_layer", "unscale_layer")
 
 
-def _refuse_merge(ref: weakref.ref, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-    """Stands in for a held tuner layer's `merge` while a block is open. diffusers' `fuse_lora(lora_scale=s)` scales a
-    layer just before merging it: that scaling is undone exactly here, so the refusal leaves the layer as it was.
-    (Keeps PEFT's signature: fuse_lora inspects it for `adapter_names`.)"""
-    layer = ref()
-    scaled_from = layer.__dict__.pop(_SCALED_FROM, None)
-    if scaled_from is not None:
-        layer.scaling.update(scaled_from)
-    raise RuntimeError(
-        f"Cannot merge adapters into {type(layer).__name__} while a slider strength is applied to its model (an open "
-        "`slider_strength` / `SliderScaler.at` block, or a pipeline slider call): the merged weights would keep that "
-        "strength after the block, and unmerging later would leave the base weights changed. Merge or fuse after the "
-        "block; to fuse a slider at a strength, call pipe.fuse_lora(lora_scale=s, adapter_names=[...]) outside any "
-        "block."
-    )
+class _StandIn:
+    """Stands in for one method of a held tuner layer, as an instance attribute that shadows the class's method.
+
+    `merge` refuses: the merged weights would keep the block's strength. diffusers' `fuse_lora(lora_scale=s)` scales a
+    layer just before merging it, so `scale_layer` notes the scales it changes (and `unscale_layer` forgets them), and
+    a refused merge puts them back exactly. On a layer that is not held, every stand-in is the class's method: a deep
+    copy made during a block copies the stand-ins, rebound here to the copy.
+    """
+
+    __slots__ = ("_method", "_ref")
+
+    def __init__(self, ref: weakref.ref, method: str) -> None:
+        self._ref = ref  # weak: the stand-ins are cached per layer and must not keep a model alive
+        self._method = method
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        # The class method's: diffusers' fuse_lora inspects `merge` for `adapter_names`.
+        layer = self._ref()
+        return inspect.signature(getattr(type(layer), self._method).__get__(layer))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        layer = self._ref()
+        if id(layer) in _HOLDS:
+            if self._method == "merge":
+                scaled_from = layer.__dict__.pop(_SCALED_FROM, None)
+                if scaled_from is not None:
+                    layer.scaling.update(scaled_from)
+                raise RuntimeError(
+                    f"Cannot merge adapters into {type(layer).__name__} while a slider strength is applied to its "
+                    "model (an open `slider_strength` / `SliderScaler.at` block, or a pipeline slider call): the "
+                    "merged weights would keep that strength after the block, and unmerging later would leave the "
+                    "base weights changed. Merge or fuse after the block; to fuse a slider at a strength, call "
+                    "pipe.fuse_lora(lora_scale=s, adapter_names=[...]) outside any block."
+                )
+            if self._method == "scale_layer":
+                layer.__dict__[_SCALED_FROM] = dict(layer.scaling)
+            else:
+                layer.__dict__.pop(_SCALED_FROM, None)
+        return getattr(type(layer), self._method)(layer, *args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> _StandIn:
+        copy = memo.get(id(self._ref()))  # deepcopy records the layer's copy before copying its attributes
+        return self if copy is None else _StandIn(weakref.ref(copy), self._method)
 
 
-def _noting_scale_layer(ref: weakref.ref, scale: float) -> None:
-    layer = ref()
-    layer.__dict__[_SCALED_FROM] = dict(layer.scaling)
-    type(layer).scale_layer(layer, scale)
+# id(layer) -> the stand-ins for one layer, made once (blocks open and close often) and dropped with the layer.
+_STAND_INS: dict[int, dict[str, _StandIn]] = {}
 
 
-def _noting_unscale_layer(ref: weakref.ref, scale: float | None = None) -> None:
-    layer = ref()
-    layer.__dict__.pop(_SCALED_FROM, None)
-    type(layer).unscale_layer(layer, scale)
-
-
-# id(layer) -> the stand-ins for one layer, made once (blocks open and close often) and dropped with the layer. They
-# hold the layer by weak reference, so this cache keeps no model alive.
-_STAND_INS: dict[int, dict[str, functools.partial]] = {}
-
-
-def _stand_ins(layer: BaseTunerLayer) -> dict[str, functools.partial]:
+def _stand_ins(layer: BaseTunerLayer) -> dict[str, _StandIn]:
     key = id(layer)
     stand_ins = _STAND_INS.get(key)
-    if stand_ins is None or stand_ins["merge"].args[0]() is not layer:
+    if stand_ins is None or stand_ins["merge"]._ref() is not layer:
         ref = weakref.ref(layer, lambda _, key=key: _STAND_INS.pop(key, None))
-        stand_ins = {
-            "merge": functools.partial(_refuse_merge, ref),
-            "scale_layer": functools.partial(_noting_scale_layer, ref),
-            "unscale_layer": functools.partial(_noting_unscale_layer, ref),
-        }
+        stand_ins = {method: _StandIn(ref, method) for method in _HELD_METHODS}
         _STAND_INS[key] = stand_ins
     return stand_ins
 

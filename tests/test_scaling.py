@@ -756,3 +756,20 @@ def test_restore_while_merged_at_a_strength_is_refused_until_unmerged():
     assert_state(model, before)
     for name, p in model.named_parameters():  # a merge and an unmerge round the base weights a little, no more
         torch.testing.assert_close(p, weights[name], rtol=0, atol=1e-6)
+
+
+def test_a_copy_made_inside_a_block_is_an_ordinary_model():
+    """A deep copy (an EMA or validation copy) made while a block holds the model is not held: it merges, and its
+    own scales change, never the original's."""
+    model = build_unet("lora")
+    before = scales(model)
+    with SliderScaler(model, adapter_names="slider").at(2.0):
+        copy_ = copy.deepcopy(model)
+        inside = scales(model)
+        copy_.fuse_lora(lora_scale=0.5, adapter_names=["slider"])
+        assert scales(model) == inside  # the original is untouched by the copy's fuse
+        assert all(layer.merged_adapters for layer in copy_.modules() if isinstance(layer, BaseTunerLayer))
+        with pytest.raises(RuntimeError, match="Cannot merge adapters"):
+            model.fuse_lora(adapter_names=["slider"])
+    assert_state(model, before)
+    copy_.unfuse_lora()
