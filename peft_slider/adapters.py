@@ -12,8 +12,8 @@ Works for a [`~peft.PeftModel`] and for a model that carries adapters directly (
 [`~peft.inject_adapter_in_model`]). Only torch and PEFT are imported.
 
 While a slider block ([`~peft_slider.scaling.slider_strength`], `SliderScaler.at`, a pipeline slider call) is open on
-a model, its thread holds the model's adapter layers: [`activate_adapters`] and [`freeze_adapter`] from another thread
-raise a RuntimeError, and merging adapters raises in every thread.
+a model, its thread holds the model's adapter layers: [`activate_adapters`], [`freeze_adapter`] and
+[`add_assistant_adapter`] from another thread raise a RuntimeError, and merging adapters raises in every thread.
 """
 
 from __future__ import annotations
@@ -651,6 +651,7 @@ def add_assistant_adapter(
         raise TypeError(f"`adapter_name` must be a non-empty string, got {adapter_name!r}.")
     if adapter_name in adapter_names(model):
         raise ValueError(f"`adapter_name` {adapter_name!r} is already in use; pick another name.")
+    _check_not_held_elsewhere((layer for _, layer in _tuner_layers(model)), f"add adapter {adapter_name!r}")
 
     previously_active = active_adapter_names(model)
     # PEFT and diffusers activate (and unfreeze) adapters while loading, also when loading then fails: snapshot first.
