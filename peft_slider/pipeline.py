@@ -55,7 +55,7 @@ from .adapters import (
 )
 from .adapters import adapter_names as model_adapter_names
 from .prompts import PromptEntry, check_strength, load_prompt_library
-from .scaling import MAX_STRENGTH, SliderScaler
+from .scaling import MAX_STRENGTH, SliderScaler, close_call, open_call
 from .targets import denoiser_of
 
 if TYPE_CHECKING:
@@ -184,6 +184,7 @@ class _SliderCall:
         self._check_layers()
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._held: list = []
+        self._call: tuple | None = None
         self._scaler: SliderScaler | None = None
         self._state: _AdapterState | None = None
         self._signature = inspect.signature(denoiser.forward)
@@ -216,6 +217,8 @@ class _SliderCall:
         _hold_layers(self._held, "run a slider pipeline call", call=True)
         try:
             self._state = _AdapterState(self.denoiser)
+            # Blocks opened before the call and closed during it (from a step callback) restore into this snapshot.
+            self._call = open_call(self._state.scaling)
             self._activate()
             if self.per_sample:
                 # Per-sample strengths multiply the delta of a layer at its base scale (weight 1).
@@ -252,6 +255,9 @@ class _SliderCall:
                     self._state.restore()
                     self._state = None
             finally:
+                if self._call is not None:
+                    close_call(self._call)
+                    self._call = None
                 _release_layers(self._held, call=True)
                 self._held = []
 

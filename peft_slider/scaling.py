@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -183,9 +183,10 @@ class _Block:
     scaler's reference times the strength, whatever is below.
     """
 
-    __slots__ = ("factors", "relative", "saved", "saved_per_sample", "scaler")
+    __slots__ = ("factors", "relative", "saved", "saved_per_sample", "scaler", "sequence")
 
     def __init__(self, scaler: SliderScaler, factors: dict[str, float], relative: bool) -> None:
+        self.sequence = next(_sequence)
         self.scaler = scaler
         self.factors = factors
         self.relative = relative
@@ -202,6 +203,36 @@ class _Block:
 # it on the slot, and the scale becomes what the blocks still open give, as if the closed one had never been entered.
 _BLOCKS: dict[tuple[int, str], list[tuple[_Block, int]]] = {}
 _BLOCKS_LOCK = threading.Lock()
+# Open pipeline slider calls, oldest first: (sequence number, {id(a layer's scaling dict): the call's saved copy}). A
+# block that closes while a call opened after it is still open (from a step callback) hands what it restores to that
+# call's snapshot instead of the live scale, which the call owns until it ends.
+_OPEN_CALLS: list[tuple[int, dict[int, dict]]] = []
+_sequence = itertools.count()  # orders blocks and calls
+
+
+def open_call(snapshot: Iterable[tuple[dict, dict]]) -> tuple[int, dict[int, dict]]:
+    """Registers a pipeline slider call's snapshot of `(live scaling dict, saved copy)` pairs (see `_OPEN_CALLS`);
+    the saved copies may be updated in place until `close_call`. Used by `peft_slider.pipeline`."""
+    call = (next(_sequence), {id(live): saved for live, saved in snapshot})
+    with _BLOCKS_LOCK:
+        _OPEN_CALLS.append(call)
+    return call
+
+
+def close_call(call: tuple[int, dict[int, dict]]) -> None:
+    """Unregisters a call registered by `open_call`."""
+    with _BLOCKS_LOCK:
+        _OPEN_CALLS[:] = [c for c in _OPEN_CALLS if c is not call]
+
+
+def _hand_to_call(calls: list[dict[int, dict]], scaling: dict, adapter: str, value: Any) -> bool:
+    """Writes `value` into the snapshot of the oldest of `calls` that saved this scale; whether one did."""
+    for snapshots in calls:
+        saved = snapshots.get(id(scaling))
+        if saved is not None and adapter in saved:
+            saved[adapter] = value
+            return True
+    return False
 
 
 class SliderScaler:
@@ -528,6 +559,7 @@ class SliderScaler:
         """Closes a block, in any order (see `_BLOCKS`); the last one to close leaves exactly what the first found."""
         try:
             with _BLOCKS_LOCK:
+                calls = [snapshots for sequence, snapshots in _OPEN_CALLS if sequence > block.sequence]
                 # zip stops at the slots `_enter` reached, should it have failed part way.
                 for index, ((scaling, adapter, _), key, below) in enumerate(zip(self._slots, self._keys, block.saved)):
                     stack = _BLOCKS[key]
@@ -539,6 +571,8 @@ class SliderScaler:
                         for later, later_index in stack[position:]:
                             later.saved[later_index] = below
                             below = later.value(later_index, below)
+                    if calls and _hand_to_call(calls, scaling, adapter, below):
+                        continue  # a call opened after this block owns the live scale until it ends
                     scaling[adapter] = below
             if block in self._open:
                 position = self._open.index(block)

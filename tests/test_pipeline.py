@@ -729,3 +729,29 @@ def test_a_strength_block_inside_a_slider_call_is_refused(close):
     with slider_strength(denoiser_of(pipe), 2.0, adapter_names="smile"):  # around a call, blocks work
         pipe.generate_at(PROMPT, strength=1.5, **kwargs_of("sd15", generator=generator()))
     assert adapter_state(pipe) == before
+
+
+# A block opened before a call and closed during it (from a step callback): the call keeps its strength to the end,
+# and when the call ends the adapters are as before the block, not as the block had them.
+def test_a_block_closed_inside_a_slider_call_hands_its_restore_to_the_call():
+    pipe = _pipe("sd15")
+    pipe.set_adapters(["smile"], adapter_weights=[-0.5])
+    before = adapter_state(pipe)
+    expected = images_of(pipe.generate_at(PROMPT, strength=1.5, **kwargs_of("sd15", generator=generator())))
+    block = slider_strength(denoiser_of(pipe), 2.0, adapter_names="smile")
+    block.__enter__()
+
+    def callback(pipe, step, timestep, callback_kwargs):
+        if step == 0:
+            block.__exit__(None, None, None)
+        return callback_kwargs
+
+    images = images_of(
+        pipe.generate_at(
+            PROMPT, strength=1.5, callback_on_step_end=callback, **kwargs_of("sd15", generator=generator())
+        )
+    )
+    torch.testing.assert_close(
+        images, expected, rtol=0, atol=0
+    )  # the same computation: the call's strength throughout
+    assert adapter_state(pipe) == before
