@@ -363,3 +363,45 @@ def test_docstring_examples():
     result = doctest.testmod(adapters, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# A failed load, then a retry: the failure leaves no trace (no ghost config), so the retry loads as on a fresh model.
+def _nothing_matches(model_name):
+    return LoraConfig(target_modules=["no_such_module"]), {"state_dict": {}}
+
+
+def _wrong_shapes(model_name):
+    config = adapter_config("lora", UNET_TARGETS if model_name == "unet" else MLP_TARGETS)
+    return config, {"state_dict": {}}
+
+
+def _missing_folder(model_name):
+    return "/nonexistent/assistant", {}
+
+
+def _bare_unet(variant, *, assistant=False):
+    return make_unet()
+
+
+@pytest.mark.parametrize("failure", [_nothing_matches, _wrong_shapes, _missing_folder])
+@pytest.mark.parametrize("model_name", ["mlp", "unet", "bare_unet"])
+def test_failed_assistant_load_then_retry_succeeds(tmp_path, model_name, failure):
+    build = _bare_unet if model_name == "bare_unet" else MODELS[model_name][0]
+    model = build("lora", assistant=False)
+    before = _adapters_state(model)
+    configs_before = {k: v.to_dict() for k, v in getattr(model, "peft_config", {}).items()}
+    loaded_flag = getattr(model, "_hf_peft_config_loaded", None)
+    source, kwargs = failure(model_name.removeprefix("bare_"))
+    with pytest.raises((ValueError, KeyError, RuntimeError)):
+        add_assistant_adapter(model, source, **kwargs)
+    _same_state(_adapters_state(model), before)
+    assert {k: v.to_dict() for k, v in getattr(model, "peft_config", {}).items()} == configs_before
+    assert getattr(model, "_hf_peft_config_loaded", None) == loaded_flag
+
+    good = _source_model("mlp" if model_name == "mlp" else "unet", "lora")
+    source, kwargs = _save(good, "config_and_state_dict", str(tmp_path))
+    add_assistant_adapter(model, source, **kwargs)
+    assert "assistant" in adapter_names(model) and frozen_adapter_names(model) == ["assistant"]
+    loaded = get_peft_model_state_dict(model, adapter_name="assistant")
+    for key, value in get_peft_model_state_dict(good, adapter_name="default").items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)

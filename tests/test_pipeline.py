@@ -16,10 +16,12 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
+from test_scaling import in_thread
 
 from peft_slider import SliderLoraConfig
 from peft_slider.inference.pipeline import SliderPipelineMixin, enable_sliders
 from peft_slider.testing.tiny_pipelines import build_tiny_pipeline, denoiser_of, tiny_call_kwargs
+from peft_slider.training.scaling import slider_strength
 
 FAMILIES = ("sd15", "flux", "zimage")
 PROMPT = "a portrait photo of a smiling woman"
@@ -494,6 +496,21 @@ BAD_INPUT = [
         TypeError,
         r"`num_images_per_prompt`",
     ),
+    # Finite but huge strengths overflow to NaN images: refused, naming the value and the bound.
+    ("strength_huge", lambda p, t: p.generate_at(PROMPT, strength=1e30), ValueError, r"is 1e\+30.*at most 1000"),
+    (
+        "strength_huge_map",
+        lambda p, t: p.generate_at(PROMPT, strength={"smile": -2e3}),
+        ValueError,
+        r"adapter 'smile' is -2000.0.*at most 1000",
+    ),
+    ("sweep_huge", lambda p, t: p.sweep(PROMPT, [1.0, 1e6]), ValueError, r"is 1000000.0.*at most 1000"),
+    (
+        "library_huge",
+        lambda p, t: p.generate_library({"ok": PROMPT, "big": {"prompt": PROMPT, "adapter_strength": 1e30}}),
+        ValueError,
+        r"entry 'big':.*1e\+30.*at most 1000",
+    ),
 ]
 
 
@@ -619,3 +636,122 @@ def test_unsupported_or_fused_sliders_are_a_clear_error_and_change_nothing():
             pipe.generate_at(PROMPT, strength=1.0, **kwargs_of("flux"))
     finally:
         pipe.unfuse_lora()
+
+
+# Several threads and merging: a pipeline call holds its denoiser like a slider block. Another thread's slider block
+# or call on the same denoiser, and merging (fuse_lora) from a step callback, raise; the adapters end as they were.
+
+
+def _intrude(pipe, what):
+    denoiser = denoiser_of(pipe)
+    if what == "generate_at":
+        return pipe.generate_at(
+            PROMPT, strength=1.0, adapter_names="smile", **kwargs_of("sd15", generator=generator())
+        )
+    if what == "slider_strength":
+        with slider_strength(denoiser, -1.0, adapter_names="smile"):
+            return None
+    raise AssertionError(what)
+
+
+@pytest.mark.parametrize("holder", ["generate_at", "slider_strength"])
+@pytest.mark.parametrize("intruder", ["generate_at", "slider_strength"])
+def test_another_thread_cannot_use_a_denoiser_a_call_or_block_holds(holder, intruder):
+    pipe = _pipe("sd15")
+    pipe.set_adapters(["smile"], adapter_weights=[-0.5])
+    before = adapter_state(pipe)
+    results = []
+
+    def callback(pipe, step, timestep, callback_kwargs):
+        if step == 0:
+            results.append(in_thread(lambda: _intrude(pipe, intruder)))
+        return callback_kwargs
+
+    if holder == "generate_at":
+        pipe.generate_at(
+            PROMPT, strength=1.5, callback_on_step_end=callback, **kwargs_of("sd15", generator=generator())
+        )
+    else:
+        with slider_strength(denoiser_of(pipe), 2.0, adapter_names="smile"):
+            results.append(in_thread(lambda: _intrude(pipe, intruder)))
+    [result] = results
+    assert isinstance(result.get("error"), RuntimeError), result
+    assert "held by a slider block in thread" in str(result["error"])
+    assert adapter_state(pipe) == before
+    assert in_thread(lambda: _intrude(pipe, intruder)).get("error") is None  # free again afterwards
+
+
+@pytest.mark.parametrize("lora_scale", [1.0])
+def test_fusing_inside_a_slider_call_is_refused_and_changes_nothing(lora_scale):
+    pipe = _pipe("sd15")
+    pipe.set_adapters(["smile"], adapter_weights=[-0.5])
+    denoiser = denoiser_of(pipe)
+    before = adapter_state(pipe)
+    weights = {name: p.detach().clone() for name, p in denoiser.named_parameters()}
+
+    def callback(pipe, step, timestep, callback_kwargs):
+        pipe.fuse_lora(lora_scale=lora_scale, adapter_names=["smile"])
+        return callback_kwargs
+
+    with pytest.raises(RuntimeError, match=r"Cannot merge adapters into .* while a slider strength is applied"):
+        pipe.generate_at(
+            PROMPT, strength=2.0, callback_on_step_end=callback, **kwargs_of("sd15", generator=generator())
+        )
+    assert adapter_state(pipe) == before
+    assert not any(m.merged_adapters for m in denoiser.modules() if isinstance(m, BaseTunerLayer))
+    for name, p in denoiser.named_parameters():
+        assert torch.equal(p, weights[name]), name
+
+
+# A strength block opened inside a pipeline slider call (from a step callback) would outlive the call's snapshot: the
+# call would put back its own snapshot, and the block, closing later, the call's weights, for good. It is refused.
+@pytest.mark.parametrize("close", ["inside", "after"])
+def test_a_strength_block_inside_a_slider_call_is_refused(close):
+    pipe = _pipe("sd15")
+    pipe.set_adapters(["smile"], adapter_weights=[-0.5])
+    before = adapter_state(pipe)
+    opened = []
+
+    def callback(pipe, step, timestep, callback_kwargs):
+        if step == 0:
+            block = slider_strength(denoiser_of(pipe), 2.0, adapter_names="smile")
+            block.__enter__()
+            opened.append(block)
+            if close == "inside":
+                block.__exit__(None, None, None)
+        return callback_kwargs
+
+    with pytest.raises(RuntimeError, match=r"Cannot apply a slider strength inside a pipeline slider call"):
+        pipe.generate_at(
+            PROMPT, strength=1.5, callback_on_step_end=callback, **kwargs_of("sd15", generator=generator())
+        )
+    assert opened == [] and adapter_state(pipe) == before
+    with slider_strength(denoiser_of(pipe), 2.0, adapter_names="smile"):  # around a call, blocks work
+        pipe.generate_at(PROMPT, strength=1.5, **kwargs_of("sd15", generator=generator()))
+    assert adapter_state(pipe) == before
+
+
+# A block opened before a call and closed during it (from a step callback): the call keeps its strength to the end,
+# and when the call ends the adapters are as before the block, not as the block had them.
+def test_a_block_closed_inside_a_slider_call_hands_its_restore_to_the_call():
+    pipe = _pipe("sd15")
+    pipe.set_adapters(["smile"], adapter_weights=[-0.5])
+    before = adapter_state(pipe)
+    expected = images_of(pipe.generate_at(PROMPT, strength=1.5, **kwargs_of("sd15", generator=generator())))
+    block = slider_strength(denoiser_of(pipe), 2.0, adapter_names="smile")
+    block.__enter__()
+
+    def callback(pipe, step, timestep, callback_kwargs):
+        if step == 0:
+            block.__exit__(None, None, None)
+        return callback_kwargs
+
+    images = images_of(
+        pipe.generate_at(
+            PROMPT, strength=1.5, callback_on_step_end=callback, **kwargs_of("sd15", generator=generator())
+        )
+    )
+    torch.testing.assert_close(
+        images, expected, rtol=0, atol=0
+    )  # the same computation: the call's strength throughout
+    assert adapter_state(pipe) == before

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import doctest
+import re
+import threading
 
 import pytest
 import torch
@@ -22,7 +24,12 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from peft_slider.training import scaling
-from peft_slider.training.adapters import activate_adapters
+from peft_slider.training.adapters import (
+    activate_adapters,
+    active_adapter_names,
+    add_assistant_adapter,
+    slider_adapter_names,
+)
 from peft_slider.training.scaling import SliderScaler, slider_strength
 
 VARIANTS = ("lora", "lokr", "loha")
@@ -539,3 +546,240 @@ def test_docstring_examples():
     result = doctest.testmod(scaling, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# Interleaved blocks: whatever order blocks close in, the scales are those the blocks still open set (as if the
+# closed ones had never been entered), and when all are closed, exactly the original ones.
+
+PER_SAMPLE = torch.tensor([1.0, -1.0])
+INTERLEAVED = {
+    # name: (blocks as (label, entry, strength), closing order, expected after each close: slider factor, hooks?)
+    "functional_outer_first": ([("a", "slider_strength", 2.0), ("b", "slider_strength", -3.0)], "ab", [-3.0, 1.0]),
+    "functional_zero_outer_first": ([("a", "slider_strength", 0.0), ("b", "slider_strength", 5.0)], "ab", [5.0, 1.0]),
+    "scaler_outer_first": ([("a", "at", 2.0), ("b", "at", -3.0)], "ab", [-3.0, 1.0]),
+    "mixed_outer_first": ([("a", "at", 2.0), ("b", "slider_strength", -1.0)], "ab", [-1.0, 1.0]),
+    "mixed_functional_outer_first": ([("a", "slider_strength", 2.0), ("b", "at", -1.0)], "ab", [-1.0, 1.0]),
+    "three_middle_first": (
+        [("a", "slider_strength", 2.0), ("b", "slider_strength", 3.0), ("c", "slider_strength", -1.0)],
+        "bac",
+        [-2.0, -1.0, 1.0],
+    ),
+    "three_in_order": (
+        [("a", "slider_strength", 2.0), ("b", "at", 3.0), ("c", "slider_strength", -1.0)],
+        "cba",
+        [3.0, 2.0, 1.0],
+    ),
+    "per_sample_outer_first": ([("a", "at", PER_SAMPLE), ("b", "at", 0.5)], "ab", [0.5, 1.0]),
+    "per_sample_inner_outlives": ([("a", "at", 0.5), ("b", "at", PER_SAMPLE)], "ab", [(1.0, "hooks"), 1.0]),
+    "two_per_sample_outer_first": (
+        [("a", "at", PER_SAMPLE), ("b", "at", PER_SAMPLE * 2)],
+        "ab",
+        [(1.0, "hooks"), 1.0],
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", sorted(INTERLEAVED))
+def test_interleaved_blocks_leave_the_open_blocks_strengths_and_finally_the_originals(variant, case):
+    blocks, order, expected = INTERLEAVED[case]
+    model = build_mlp(variant)
+    inputs = mlp_inputs(2)
+    before, out_before = scales(model), run(model, inputs)
+    scaler = SliderScaler(model)  # the `at` blocks share one scaler; `slider_strength` builds its own
+    open_blocks = {}
+    for label, entry, strength in blocks:
+        block = scaler.at(strength) if entry == "at" else slider_strength(model, strength)
+        block.__enter__()
+        open_blocks[label] = block
+    for label, after in zip(order, expected):
+        open_blocks.pop(label).__exit__(None, None, None)
+        factor, hooks = after if isinstance(after, tuple) else (after, None)
+        assert scales(model) == {k: v * factor if k[1] == "slider" else v for k, v in before.items()}
+        assert (hook_count(model) > 0) == (hooks == "hooks")
+    assert_state(model, before)
+    torch.testing.assert_close(run(model, inputs), out_before, rtol=0, atol=0)  # the same model again
+
+
+# Several threads: a PEFT layer has one scale for every thread, so one model cannot run at two strengths at once.
+# While a block holds a model, anything from another thread that would change its adapters raises and changes nothing;
+# different models are independent.
+
+HOLDERS = {
+    "scaler.at": lambda m: SliderScaler(m).at(2.0),
+    "slider_strength": lambda m: slider_strength(m, 2.0),
+    "per_sample": lambda m: SliderScaler(m).at(torch.tensor([2.0, 2.0])),
+}
+INTRUDERS = {
+    "slider_strength": (lambda m: slider_strength(m, -1.0).__enter__(), r"held by a slider block in thread"),
+    "scaler.at": (lambda m: SliderScaler(m).at(-1.0).__enter__(), r"held by a slider block in thread"),
+    "scaler.set": (lambda m: SliderScaler(m, adapter_names="slider").set(-1.0), r"held by a slider block in thread"),
+    "scaler.restore": (lambda m: SliderScaler(m, adapter_names="slider").restore(), r"held by a slider block in"),
+    "activate_adapters": (lambda m: activate_adapters(m, slider="assistant"), r"held by a slider block in thread"),
+    "merge_adapter": (lambda m: m.merge_adapter(), r"Cannot merge adapters into .* while a slider strength"),
+    "add_assistant_adapter": (
+        lambda m: add_assistant_adapter(m, adapter_config("lora", MLP_TARGETS), state_dict={}, adapter_name="x"),
+        r"Cannot add adapter 'x': the model is held by a slider block in thread",
+    ),
+}
+
+
+def in_thread(fn):
+    """Runs `fn` in a new thread named "intruder"; returns {"value": ...} or {"error": ...}."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            result["error"] = error
+
+    thread = threading.Thread(target=target, name="intruder")
+    thread.start()
+    thread.join()
+    return result
+
+
+@pytest.mark.parametrize("holder", sorted(HOLDERS))
+@pytest.mark.parametrize("intruder", sorted(INTRUDERS))
+def test_another_thread_cannot_change_a_model_a_block_holds(holder, intruder):
+    model = build_mlp("lora")
+    inputs = mlp_inputs(2)
+    before, out_before = scales(model), run(model, inputs)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    call, match = INTRUDERS[intruder]
+    with HOLDERS[holder](model):
+        held = scales(model), active_adapter_names(model), slider_adapter_names(model)
+        result = in_thread(lambda: call(model))
+        assert isinstance(result.get("error"), RuntimeError), result
+        assert re.search(match, str(result["error"])), str(result["error"])
+        assert (scales(model), active_adapter_names(model), slider_adapter_names(model)) == held
+    assert_state(model, before)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, weights[name]), name
+    torch.testing.assert_close(run(model, inputs), out_before, rtol=0, atol=0)
+    after = in_thread(lambda: call(model)).get("error")  # no longer held (the assistant's empty weights still fail)
+    assert not isinstance(after, RuntimeError), after
+
+
+def test_blocks_on_different_models_run_in_parallel_threads():
+    models = [build_mlp("lora") for _ in range(4)]
+    befores = [scales(m) for m in models]
+    barrier = threading.Barrier(len(models))
+
+    def work(model, strength):
+        scaler = SliderScaler(model)
+        barrier.wait()
+        for _ in range(200):
+            with scaler.at(strength), slider_strength(model, -1.0):
+                assert scales(model)[("base_model.model.fc1", "slider")] == -strength * 2.0
+        return scales(model)
+
+    results = {}
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, work(models[i], float(i + 1)))) for i in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [results[i] for i in range(4)] == befores
+
+
+# Merging inside a block would bake the block's strength into the base weights for good: it is refused before any
+# layer is merged, and the block still restores exactly.
+
+MERGES = {
+    "peft_merge_adapter": ("mlp", lambda m: m.merge_adapter()),
+    "peft_merge_and_unload": ("mlp", lambda m: m.merge_and_unload()),
+    "layer_merge": ("mlp", lambda m: m.base_model.model.fc2.merge()),
+    "diffusers_fuse_lora": ("unet", lambda m: m.fuse_lora(adapter_names=["slider"])),
+    "diffusers_fuse_assistant": ("unet", lambda m: m.fuse_lora(adapter_names=["assistant"])),
+    # diffusers scales each layer by lora_scale just before merging it: the refused layer must be unscaled exactly.
+    "diffusers_fuse_lora_scale": ("unet", lambda m: m.fuse_lora(lora_scale=0.3)),
+}
+BLOCKS = {
+    "scaler.at": lambda m: SliderScaler(m, adapter_names="slider").at(2.0),
+    "slider_strength": lambda m: slider_strength(m, -3.0, adapter_names="slider"),
+    "per_sample": lambda m: SliderScaler(m, adapter_names="slider").at(torch.tensor([2.0, 0.0])),
+}
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+@pytest.mark.parametrize("merge", sorted(MERGES))
+def test_merge_or_fuse_inside_a_block_is_refused_and_changes_nothing(merge, block):
+    model_name, call = MERGES[merge]
+    build, make_inputs = {"mlp": (build_mlp, mlp_inputs), "unet": (build_unet, unet_inputs)}[model_name]
+    model = build("lora")
+    inputs = make_inputs(2)
+    before, out_before = scales(model), run(model, inputs)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with BLOCKS[block](model):
+        with pytest.raises(RuntimeError, match=r"Cannot merge adapters into .* while a slider strength is applied"):
+            call(model)
+        assert not any(layer.merged_adapters for layer in model.modules() if isinstance(layer, BaseTunerLayer))
+    assert_state(model, before)
+    assert {name: p for name, p in model.named_parameters()}.keys() == weights.keys()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, weights[name]), name
+    torch.testing.assert_close(run(model, inputs), out_before, rtol=0, atol=0)
+    call(model)  # after the block, merging works again
+
+
+# Strengths whose result cannot be finite (or that overflow every model) are refused, naming the value.
+
+HUGE = {
+    "set": lambda m: SliderScaler(m).set(1e30),
+    "at": lambda m: SliderScaler(m).at(-1e30).__enter__(),
+    "slider_strength": lambda m: slider_strength(m, 2e3).__enter__(),
+    "dict": lambda m: SliderScaler(m).set({"slider": 1e6}),
+    "per_sample": lambda m: SliderScaler(m).at(torch.tensor([1.0, 1e30])).__enter__(),
+    "per_sample_list": lambda m: SliderScaler(m).set([1.0, -5e3]),
+    "int": lambda m: SliderScaler(m).set(10**400),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HUGE))
+def test_strengths_beyond_the_bound_are_refused(case):
+    model = build_mlp("lora")
+    before = scales(model)
+    with pytest.raises(ValueError, match=r"`strength` for adapter 'slider' .* magnitude at most 1000"):
+        HUGE[case](model)
+    assert_state(model, before)
+    with slider_strength(model, -1000.0):  # the bound itself is allowed, and finite
+        assert torch.isfinite(run(model, mlp_inputs(2))).all()
+
+
+def test_restore_while_merged_at_a_strength_is_refused_until_unmerged():
+    """`set` then merge (outside any block) is the user's choice; restoring the scale before unmerging would leave
+    the base weights changed for good (unmerge subtracts the delta at the restored scale)."""
+    model = build_mlp("lora")
+    before = scales(model)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    scaler = SliderScaler(model, adapter_names="slider")
+    scaler.set(2.0)
+    model.merge_adapter()
+    with pytest.raises(ValueError, match=r"Adapter 'slider' was merged into the weights of '.*fc1' at scale 4.0"):
+        scaler.restore()
+    model.unmerge_adapter()
+    scaler.restore()
+    assert_state(model, before)
+    for name, p in model.named_parameters():  # a merge and an unmerge round the base weights a little, no more
+        torch.testing.assert_close(p, weights[name], rtol=0, atol=1e-6)
+
+
+def test_a_copy_made_inside_a_block_is_an_ordinary_model():
+    """A deep copy (an EMA or validation copy) made while a block holds the model is not held: it merges, and its
+    own scales change, never the original's."""
+    model = build_unet("lora")
+    before = scales(model)
+    with SliderScaler(model, adapter_names="slider").at(2.0):
+        copy_ = copy.deepcopy(model)
+        inside = scales(model)
+        copy_.fuse_lora(lora_scale=0.5, adapter_names=["slider"])
+        assert scales(model) == inside  # the original is untouched by the copy's fuse
+        assert all(layer.merged_adapters for layer in copy_.modules() if isinstance(layer, BaseTunerLayer))
+        with pytest.raises(RuntimeError, match="Cannot merge adapters"):
+            model.fuse_lora(adapter_names=["slider"])
+    assert_state(model, before)
+    copy_.unfuse_lora()

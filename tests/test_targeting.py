@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -11,7 +12,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from peft_slider import SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig
+from peft_slider.formats.export import save_slider
 from peft_slider.targeting.architectures import ARCHITECTURES
+from peft_slider.targeting.config import REFUSED_PEFT_OPTIONS
 from peft_slider.targeting.full_rank import make_full_rank_trainable
 from peft_slider.targeting.targets import (
     DENOISER_ATTRIBUTES,
@@ -25,6 +28,7 @@ from peft_slider.targeting.targets import (
 )
 from peft_slider.testing import tiny_pipelines
 from peft_slider.testing.tiny_pipelines import build_tiny_pipeline
+from peft_slider.training.scaling import slider_strength
 from tests.denoisers import DENOISERS
 
 CASES = sorted(DENOISERS)
@@ -230,6 +234,17 @@ def test_full_rank_trains_exactly_the_targets(case_id):
     assert {n for n, p in model.named_parameters() if p.requires_grad} == set(names)
 
 
+@pytest.mark.parametrize("case_id", ["sd15", "flux"])
+def test_full_rank_on_a_model_carrying_an_adapter_trains_the_same_base_weights(case_id):
+    case = DENOISERS[case_id]
+    expected = make_full_rank_trainable(case.build())
+    model = case.build()
+    model.add_adapter(SliderLoraConfig(r=4, model=model), adapter_name="first")
+    names = make_full_rank_trainable(model)
+    assert [name.replace(".base_layer", "") for name in names] == expected
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(names)
+
+
 # --- bad input ------------------------------------------------------------------------------------------------
 
 
@@ -360,3 +375,164 @@ def test_denoiser_finder_errors_name_the_object():
     pipe.register_modules(unet=None)
     with pytest.raises(ValueError, match=r"StableDiffusionPipeline has no denoiser component \(`transformer`, `unet`"):
         denoiser_of(pipe)
+
+
+# --- PEFT options: every LoraConfig field is honoured or refused -------------------------------------------------
+
+# Tiny Flux with two double blocks, so that a layer selection has something to choose between.
+FLUX2 = dataclasses.replace(DENOISERS["flux"], config={**DENOISERS["flux"].config, "num_layers": 2})
+BLOCK_1 = {f"transformer_blocks.1.attn.{leaf}" for leaf in ("to_q", "to_k", "to_v", "to_out.0")}
+
+
+def _lora_attr(model, name):
+    return dict(model.named_modules())[name]
+
+
+# (options, check on the adapted PeftModel and its targeted module names). Each also checks, below, that strength 0
+# is the base model and that the saved adapter reloads through plain PEFT with the same targets and outputs.
+HONOURED = {
+    "exclude_modules": ({"exclude_modules": ["proj_out"]}, lambda m, t: "proj_out" not in t and "x_embedder" in t),
+    "rank_pattern": ({"rank_pattern": {"x_embedder": 2}}, lambda m, t: _lora_attr(m, "base_model.model.x_embedder").r),
+    "alpha_pattern": ({"alpha_pattern": {"x_embedder": 2}}, lambda m, t: m.base_model.model.x_embedder.scaling),
+    "use_rslora": ({"use_rslora": True}, lambda m, t: m.base_model.model.proj_out.scaling),
+    "init_gaussian": ({"init_lora_weights": "gaussian"}, lambda m, t: len(t) == 12),
+    "lora_dropout": ({"lora_dropout": 0.1}, lambda m, t: len(t) == 12),
+    "layers_to_transform": ({"layers_to_transform": [1], "layers_pattern": "transformer_blocks"}, lambda m, t: t),
+    "layers_to_transform_int": ({"layers_to_transform": 0, "layers_pattern": ["transformer_blocks"]}, lambda m, t: t),
+}
+EXPECTED = {
+    "exclude_modules": True,
+    "rank_pattern": {"default": 2},
+    "alpha_pattern": {"default": 0.5},
+    "use_rslora": {"default": 4.0},
+    "init_gaussian": True,
+    "lora_dropout": True,
+    "layers_to_transform": BLOCK_1,
+    "layers_to_transform_int": {name.replace(".1.", ".0.") for name in BLOCK_1},
+}
+
+
+@pytest.mark.parametrize("case", sorted(HONOURED))
+def test_honoured_peft_options_act_and_the_saved_slider_reloads(case, tmp_path):
+    options, check = HONOURED[case]
+    kwargs = {"r": 4, "lora_alpha": 8, "init_lora_weights": False, **options}
+    model = FLUX2.build()
+    config = SliderLoraConfig(model=model, **kwargs)
+    peft_model = get_peft_model(model, config).eval()
+    targeted = _targeted(peft_model)
+    assert check(peft_model, targeted) == EXPECTED[case]
+    if case == "init_gaussian":  # gaussian keeps B at zero: give the delta weight so the reload check can fail
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter)
+
+    inputs = FLUX2.make_inputs(model, batch_size=2, text_tokens=7)
+    with torch.no_grad():
+        adapted = FLUX2.output_tensor(peft_model(**inputs))
+        with peft_model.disable_adapter():
+            base = FLUX2.output_tensor(peft_model(**inputs))
+        with slider_strength(peft_model, 0.0):
+            zero = FLUX2.output_tensor(peft_model(**inputs))
+    torch.testing.assert_close(zero, base, rtol=0, atol=0)  # same computation: strength 0 is the base model
+    assert not torch.allclose(adapted, base)
+
+    peft_model.save_pretrained(tmp_path)
+    saved = LoraConfig.from_pretrained(tmp_path)  # what a plain PEFT user reads back
+    reloaded = PeftModel.from_pretrained(FLUX2.build(), tmp_path).eval()
+    assert type(saved) is LoraConfig and _targeted(reloaded) == targeted
+    with torch.no_grad():
+        torch.testing.assert_close(FLUX2.output_tensor(reloaded(**inputs)), adapted, rtol=1e-5, atol=1e-5)
+
+    # The same slider on a diffusers model, through save_slider and diffusers' own loader.
+    model = FLUX2.build()
+    model.add_adapter(SliderLoraConfig(model=model, **kwargs), adapter_name="s")
+    if case == "init_gaussian":
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter)
+    with torch.no_grad():
+        expected = FLUX2.output_tensor(model(**inputs))
+    paths = save_slider(model, tmp_path / "slider", adapter_name="s", formats=("diffusers",))
+    fresh = FLUX2.build()
+    fresh.load_lora_adapter(str(tmp_path / "slider"), weight_name=paths["diffusers"].name, adapter_name="s")
+    assert {n.removesuffix(".lora_A") for n, _ in fresh.named_modules() if n.endswith("lora_A")} == targeted
+    with torch.no_grad():
+        torch.testing.assert_close(FLUX2.output_tensor(fresh(**inputs)), expected, rtol=1e-5, atol=1e-5)
+
+
+# (options, the message fragment naming the field and value). The refusal happens when the config is made.
+REFUSED = [
+    ({"bias": "all"}, "`bias`='all'"),
+    ({"bias": "lora_only"}, "`bias`='lora_only'"),
+    ({"modules_to_save": ["proj_out"]}, "`modules_to_save`=['proj_out']"),
+    ({"use_dora": True}, "`use_dora`=True"),
+    ({"lora_bias": True}, "`lora_bias`=True"),
+    ({"fan_in_fan_out": True}, "`fan_in_fan_out`=True"),
+    ({"init_lora_weights": "pissa"}, "`init_lora_weights`='pissa'"),
+    ({"init_lora_weights": "pissa_niter_4"}, "`init_lora_weights`='pissa_niter_4'"),
+    ({"init_lora_weights": "olora"}, "`init_lora_weights`='olora'"),
+    ({"init_lora_weights": "orthogonal"}, "`init_lora_weights`='orthogonal'"),
+    ({"init_lora_weights": "corda"}, "`init_lora_weights`='corda'"),
+    ({"init_lora_weights": "eva"}, "`init_lora_weights`='eva'"),
+    ({"init_lora_weights": "lora_ga"}, "`init_lora_weights`='lora_ga'"),
+    ({"init_lora_weights": "mica"}, "`init_lora_weights`='mica'"),
+    ({"init_lora_weights": "loftq"}, "`init_lora_weights` is 'loftq'"),  # PEFT's own refusal
+    ({"target_parameters": ["x_embedder.weight"]}, "`target_parameters`=['x_embedder.weight']"),
+    ({"trainable_token_indices": [0]}, "`trainable_token_indices`=[0]"),
+    ({"layer_replication": [[0, 1]]}, "`layer_replication`=[[0, 1]]"),
+    ({"megatron_config": {"tensor_model_parallel_size": 1}}, "`megatron_config`={'tensor_model_parallel_size': 1}"),
+    ({"alora_invocation_tokens": [1]}, "`alora_invocation_tokens`=[1]"),
+    ({"use_qalora": True}, "`use_qalora`=True"),
+    ({"ensure_weight_tying": True}, "`ensure_weight_tying`=True"),
+    ({"layers_to_transform": [5], "layers_pattern": "transformer_blocks"}, "`layers_to_transform`=[5] with"),
+    ({"layers_to_transform": [0]}, "`layers_to_transform`=[0] with `layers_pattern`=None selects none"),
+]
+
+
+@pytest.mark.parametrize(
+    "options, message", REFUSED, ids=[next(iter(o)) + "-" + str(i) for i, (o, _) in enumerate(REFUSED)]
+)
+def test_refused_peft_options_name_the_field_and_value(options, message):
+    with pytest.raises(ValueError) as error:
+        SliderLoraConfig(r=4, model=FLUX2.build(), **options)
+    assert message in str(error.value)
+
+
+def test_every_lora_config_field_is_honoured_or_refused():
+    """A new PEFT field fails this test until it is sorted into one list or the other."""
+    honoured = {
+        # bookkeeping, read by PEFT and diffusers as they are
+        "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+        "inference_mode", "runtime_config",
+        # the LoRA itself; target_modules is resolved by the slider when unset
+        "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "use_rslora", "rank_pattern",
+        "alpha_pattern", "layers_to_transform", "layers_pattern",
+        # only read together with a refused option
+        "megatron_core", "qalora_group_size",
+    }  # fmt: skip
+    fields = {f.name for f in dataclasses.fields(LoraConfig)}
+    assert fields == honoured | set(REFUSED_PEFT_OPTIONS)
+
+
+def test_layers_to_transform_without_a_model_is_refused():
+    with pytest.raises(
+        TargetingError, match=r"`layers_to_transform`=\[0\] needs the model's module names: pass `model="
+    ):
+        SliderLoraConfig(r=4, architecture="flux", layers_to_transform=[0], layers_pattern="transformer_blocks")
+
+
+@pytest.mark.parametrize("case_id", ["sd15", "flux", "wan"])
+@pytest.mark.parametrize("first", ["diffusers", "peft"])
+def test_a_second_slider_resolves_against_the_base_layers(case_id, first):
+    case = DENOISERS[case_id]
+    expected = SliderLoraConfig(r=4, model=case.build()).target_modules
+    model = case.build()
+    if first == "peft":
+        model = get_peft_model(model, SliderLoraConfig(r=4, model=model), adapter_name="first")
+        model.add_adapter("second", SliderLoraConfig(r=4, model=model))
+    else:
+        model.add_adapter(SliderLoraConfig(r=4, model=model), adapter_name="first")
+        model.add_adapter(SliderLoraConfig(r=4, model=model), adapter_name="second")
+    assert SliderLoraConfig(r=4, model=model).target_modules == expected
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and all({"first", "second"} <= set(m.lora_A) for m in layers)

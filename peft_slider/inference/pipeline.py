@@ -5,7 +5,7 @@
 already have; the pipeline's own `__call__` is untouched.
 
 - `generate_at(prompt, strength=...)`: one call at a strength, then the adapters exactly as they were.
-- `generate_library(library)`: a prompt library ([`~peft_slider.inference.load_prompt_library`]), each entry at its own
+- `generate_library(library)`: a prompt library ([`~peft_slider.inference.prompts.load_prompt_library`]), each entry at its own
   strength, images keyed by name.
 - `sweep(prompt, [-2, -1, 0, 1, 2])`: one prompt and seed at several strengths, by default in a single batched pass
   (one strength per sample), instead of one pipeline call per strength.
@@ -17,7 +17,11 @@ current weight is. Only the denoiser's adapter layers are touched, so it works o
 PEFT adapters, with or without diffusers' attention-kwargs `scale` path (Z-Image, Kandinsky 5, Cosmos, PixArt have
 none). Afterwards, also after an exception, every adapter's scale, which adapters are active and which parameters
 require grad are put back exactly as found (a snapshot, never undone by division, so weights 0 and negative restore
-exactly).
+exactly). During the call the pipeline's thread holds the denoiser, as a slider block does
+([`~peft_slider.training.scaling.SliderScaler`]): another thread's slider calls and blocks on it raise a RuntimeError, and so does
+merging (`pipe.fuse_lora()`, from a step callback), and so does opening a strength block (`slider_strength`,
+`SliderScaler.at`) from a step callback: open it around the call instead. Strengths of magnitude above 1000
+(`peft_slider.training.scaling.MAX_STRENGTH`) are refused: their images overflow to NaN.
 
 `slider_start` (in [0, 1), as `SliderMetadata.slider_start`) keeps the slider off (strength 0, the base model) for the
 first `slider_start * steps` denoising steps (rounded half up), Concept Sliders' way to keep the base image's
@@ -44,10 +48,13 @@ from ..training.adapters import (
     adapter_layers,
     adapter_trainability,
     check_adapter_names,
+    hold_layers,
+    named_tuner_layers,
+    release_layers,
     set_weight,
 )
 from ..training.adapters import adapter_names as model_adapter_names
-from ..training.scaling import SliderScaler
+from ..training.scaling import MAX_STRENGTH, SliderScaler, close_call, open_call
 from ..utils.checks import check_finite, check_seed
 from .prompts import PromptEntry, check_strength, load_prompt_library
 
@@ -110,10 +117,23 @@ def _check_slider_start(value: Any) -> float:
     return value
 
 
+def _check_bound(strength: StrengthValue) -> None:
+    for adapter, value in strength.items() if isinstance(strength, dict) else [(None, strength)]:
+        if abs(value) > MAX_STRENGTH:
+            where = "The strength" if adapter is None else f"The strength of adapter {adapter!r}"
+            raise ValueError(
+                f"{where} is {value!r}, but a slider strength must have a magnitude at most {MAX_STRENGTH:g} "
+                "(peft_slider.training.scaling.MAX_STRENGTH): beyond it the slider's delta outweighs the model's own "
+                "activations and the images come out NaN. Pass a strength in [-1000, 1000]; sliders are used in "
+                "[-5, 5]."
+            )
+
+
 def _resolve_weights(
     denoiser: nn.Module, strength: StrengthValue, adapter_names: list[str] | None
 ) -> dict[str, float]:
     """Adapter name -> absolute weight, for a checked strength."""
+    _check_bound(strength)
     if isinstance(strength, dict):
         known = model_adapter_names(denoiser)
         for name in strength:
@@ -163,6 +183,8 @@ class _SliderCall:
         self.layers = {adapter: adapter_layers(denoiser, adapter) for adapter in self.adapters}
         self._check_layers()
         self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._held: list = []
+        self._call: tuple | None = None
         self._scaler: SliderScaler | None = None
         self._state: AdapterState | None = None
         self._signature = inspect.signature(denoiser.forward)
@@ -190,8 +212,13 @@ class _SliderCall:
                     )
 
     def __enter__(self) -> _SliderCall:
-        self._state = AdapterState(self.denoiser)
+        # Hold the denoiser's layers for the call: another thread's slider changes, and merging, raise meanwhile.
+        self._held = [layer for _, layer in named_tuner_layers(self.denoiser)]
+        hold_layers(self._held, "run a slider pipeline call", call=True)
         try:
+            self._state = AdapterState(self.denoiser)
+            # Blocks opened before the call and closed during it (from a step callback) restore into this snapshot.
+            self._call = open_call(self._state.scaling)
             self._activate()
             if self.per_sample:
                 # Per-sample strengths multiply the delta of a layer at its base scale (weight 1).
@@ -223,9 +250,16 @@ class _SliderCall:
                 self._scaler.restore()  # removes its hooks
                 self._scaler = None
         finally:
-            if self._state is not None:
-                self._state.restore()
-                self._state = None
+            try:
+                if self._state is not None:
+                    self._state.restore()
+                    self._state = None
+            finally:
+                if self._call is not None:
+                    close_call(self._call)
+                    self._call = None
+                release_layers(self._held, call=True)
+                self._held = []
 
     def _activate(self) -> None:
         # A strength for an adapter that is loaded but inactive switches it on for the call, as set_adapters would.
@@ -405,8 +439,8 @@ class SliderPipelineMixin:
     ```py
     >>> from diffusers import FluxPipeline
     >>> from peft_slider import SliderLoraConfig
-    >>> from peft_slider.inference import SliderPipelineMixin
-    >>> from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
+    >>> from peft_slider.inference.pipeline import SliderPipelineMixin
+    >>> from peft_slider.testing.tiny_pipelines import build_tiny_pipeline, tiny_call_kwargs
     >>> class SliderFluxPipeline(SliderPipelineMixin, FluxPipeline):
     ...     pass
     >>> pipe = SliderFluxPipeline(**build_tiny_pipeline("flux").components)
@@ -452,8 +486,8 @@ class SliderPipelineMixin:
         ```py
         >>> import torch
         >>> from peft_slider import SliderLoraConfig
-        >>> from peft_slider.inference import enable_sliders
-        >>> from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
+        >>> from peft_slider.inference.pipeline import enable_sliders
+        >>> from peft_slider.testing.tiny_pipelines import build_tiny_pipeline, tiny_call_kwargs
         >>> pipe = enable_sliders(build_tiny_pipeline("flux"))
         >>> pipe.transformer.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, init_lora_weights=False), adapter_name="smile")
         >>> out = pipe.generate_at("a photo of a woman", strength=-1.5, generator=torch.Generator().manual_seed(0),
@@ -490,8 +524,8 @@ class SliderPipelineMixin:
 
         Args:
             library (`str`, `os.PathLike`, `dict` or `list`):
-                A JSON file or its data, as [`~peft_slider.inference.load_prompt_library`] reads it, or a list of
-                [`~peft_slider.inference.PromptEntry`].
+                A JSON file or its data, as [`~peft_slider.inference.prompts.load_prompt_library`] reads it, or a list of
+                [`~peft_slider.inference.prompts.PromptEntry`].
             strength (`float` or `dict[str, float]`, *optional*):
                 The global strength, for entries without `adapter_strength`. `None` runs them with the adapters as
                 they are (the weights of your last `set_adapters`).
@@ -511,8 +545,8 @@ class SliderPipelineMixin:
 
         ```py
         >>> from peft_slider import SliderLoraConfig
-        >>> from peft_slider.inference import enable_sliders
-        >>> from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
+        >>> from peft_slider.inference.pipeline import enable_sliders
+        >>> from peft_slider.testing.tiny_pipelines import build_tiny_pipeline, tiny_call_kwargs
         >>> pipe = enable_sliders(build_tiny_pipeline("sd15"))
         >>> pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, init_lora_weights=False), adapter_name="smile")
         >>> library = {
@@ -615,8 +649,8 @@ class SliderPipelineMixin:
 
         ```py
         >>> from peft_slider import SliderLoraConfig
-        >>> from peft_slider.inference import enable_sliders
-        >>> from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
+        >>> from peft_slider.inference.pipeline import enable_sliders
+        >>> from peft_slider.testing.tiny_pipelines import build_tiny_pipeline, tiny_call_kwargs
         >>> pipe = enable_sliders(build_tiny_pipeline("flux"))
         >>> pipe.transformer.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, init_lora_weights=False), adapter_name="smile")
         >>> images = pipe.sweep("a photo of a woman", [-2, -1, 0, 1, 2], slider_start=0.5, **tiny_call_kwargs("flux"))
@@ -708,7 +742,7 @@ class SliderPipelineMixin:
             title (`str`, *optional*):
                 A line of text above the grid.
             path (`str`, *optional*):
-                Where to save the PNG (see [`~peft_slider.inference.save_sweep_grid`]).
+                Where to save the PNG (see [`~peft_slider.inference.grid.save_sweep_grid`]).
             **call_kwargs:
                 Further pipeline arguments.
 
@@ -719,8 +753,8 @@ class SliderPipelineMixin:
 
         ```py
         >>> from peft_slider import SliderLoraConfig
-        >>> from peft_slider.inference import enable_sliders
-        >>> from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
+        >>> from peft_slider.inference.pipeline import enable_sliders
+        >>> from peft_slider.testing.tiny_pipelines import build_tiny_pipeline, tiny_call_kwargs
         >>> pipe = enable_sliders(build_tiny_pipeline("sd15"))
         >>> pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, init_lora_weights=False), adapter_name="smile")
         >>> grid = pipe.sweep_grid(["a photo of a woman", "a photo of a man"], [-1, 0, 1], **tiny_call_kwargs("sd15"))
@@ -790,8 +824,8 @@ def enable_sliders(pipe: Any) -> Any:
 
     ```py
     >>> from diffusers import FluxPipeline
-    >>> from peft_slider.inference import SliderPipelineMixin, enable_sliders
-    >>> from peft_slider.testing import build_tiny_pipeline
+    >>> from peft_slider.inference.pipeline import SliderPipelineMixin, enable_sliders
+    >>> from peft_slider.testing.tiny_pipelines import build_tiny_pipeline
     >>> pipe = enable_sliders(build_tiny_pipeline("flux"))
     >>> isinstance(pipe, FluxPipeline), isinstance(pipe, SliderPipelineMixin), type(pipe).__name__
     (True, True, 'FluxPipeline')

@@ -20,6 +20,7 @@ __all__ = [
     "FAMILY_ALIASES",
     "FULL_SIZE_MODELS",
     "FullSizeModel",
+    "REFUSED_PEFT_OPTIONS",
     "Rule",
     "SCOPES",
     "SLIDER_ONLY_FIELDS",
@@ -29,6 +30,7 @@ __all__ = [
     "SliderTargets",
     "TREES_FILE",
     "TargetingError",
+    "base_modules",
     "build_meta_model",
     "build_module_tree",
     "count_lora_parameters",
@@ -51,7 +53,13 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "architectures": ["ARCHITECTURES", "ArchitectureSpec", "FAMILY_ALIASES", "Rule", "SCOPES"],
-        "config": ["SLIDER_ONLY_FIELDS", "SliderLoHaConfig", "SliderLoKrConfig", "SliderLoraConfig"],
+        "config": [
+            "REFUSED_PEFT_OPTIONS",
+            "SLIDER_ONLY_FIELDS",
+            "SliderLoHaConfig",
+            "SliderLoKrConfig",
+            "SliderLoraConfig",
+        ],
         "full_rank": ["make_full_rank_trainable"],
         "full_size": [
             "FULL_SIZE_MODELS",
@@ -66,6 +74,7 @@ __getattr__, __dir__ = lazy_exports(
             "DENOISER_ATTRIBUTES",
             "SliderTargets",
             "TargetingError",
+            "base_modules",
             "count_lora_parameters",
             "denoiser_attr",
             "denoiser_of",
@@ -81,7 +90,7 @@ __getattr__, __dir__ = lazy_exports(
 
 if TYPE_CHECKING:
     from .architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES, ArchitectureSpec, Rule
-    from .config import SLIDER_ONLY_FIELDS, SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig
+    from .config import REFUSED_PEFT_OPTIONS, SLIDER_ONLY_FIELDS, SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig
     from .full_rank import make_full_rank_trainable
     from .full_size import (
         FULL_SIZE_MODELS,
@@ -96,6 +105,7 @@ if TYPE_CHECKING:
         DENOISER_ATTRIBUTES,
         SliderTargets,
         TargetingError,
+        base_modules,
         count_lora_parameters,
         denoiser_attr,
         denoiser_of,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .targets import resolve_targets, unwrap_denoiser
+from .targets import base_modules, resolve_targets, unwrap_denoiser
 
 __all__ = ["make_full_rank_trainable"]
 
@@ -28,7 +28,8 @@ def make_full_rank_trainable(
             Also train the targeted modules' biases.
 
     Returns:
-        `list[str]`: the names of the parameters left trainable.
+        `list[str]`: the names of the parameters left trainable (in a model that carries adapters, a target's weight
+        is `<name>.base_layer.weight`; the adapters' own parameters are frozen too).
 
     Example:
 
@@ -48,12 +49,17 @@ def make_full_rank_trainable(
     """
     denoiser = unwrap_denoiser(model)
     targets = resolve_targets(model=denoiser, architecture=architecture, scope=scope, variant="full")
-    wanted = {f"{name}.weight" for name in targets.modules or ()}
-    if train_bias:
-        wanted |= {f"{name}.bias" for name in targets.modules or ()}
+    # By identity, not name: in a model that carries adapters a target's weight is `<name>.base_layer.weight`.
+    modules = base_modules(denoiser)
+    wanted = set()
+    for name in targets.modules or ():
+        module = modules[name]
+        wanted.add(id(module.weight))
+        if train_bias and module.bias is not None:
+            wanted.add(id(module.bias))
     trainable = []
     for name, parameter in denoiser.named_parameters():
-        parameter.requires_grad_(name in wanted)
-        if name in wanted:
+        parameter.requires_grad_(id(parameter) in wanted)
+        if id(parameter) in wanted:
             trainable.append(name)
     return trainable

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES, ArchitectureSpec
@@ -17,6 +18,7 @@ __all__ = [
     "DENOISER_ATTRIBUTES",
     "SliderTargets",
     "TargetingError",
+    "base_modules",
     "count_lora_parameters",
     "denoiser_attr",
     "denoiser_of",
@@ -195,6 +197,36 @@ def unwrap_denoiser(obj: object) -> nn.Module:
     return obj
 
 
+def base_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules of `model` by name as they were before any adapter was injected: a PEFT tuner layer stands for its
+    base layer, and the layers inside it (`base_layer`, `lora_A`, ...) are left out. So a second slider resolves
+    against a model that already carries one exactly as against the bare model.
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from peft import LoraConfig, inject_adapter_in_model
+    >>> from peft_slider.targeting.targets import base_modules
+    >>> model = inject_adapter_in_model(LoraConfig(target_modules=["0"]), torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    >>> {name: type(module).__name__ for name, module in base_modules(model).items()}
+    {'': 'Sequential', '0': 'Linear'}
+
+    ```
+    """
+    modules: dict[str, nn.Module] = {}
+    inside: str | None = None  # the prefix of the tuner layer whose submodules are being skipped
+    for name, module in model.named_modules():
+        if inside is not None and name.startswith(inside):
+            continue  # named_modules is depth-first, so a tuner layer's submodules follow it
+        if isinstance(module, BaseTunerLayer):
+            modules[name] = module.get_base_layer()
+            inside = name + "."
+        else:
+            modules[name] = module
+    return modules
+
+
 @cache
 def universal_target_regex(*, scope: str = "visual", variant: str = "lora") -> str:
     """One regex for every architecture in the table, for when the model is not known in advance.
@@ -288,7 +320,7 @@ def resolve_targets(
             f"{type(denoiser).__name__} ({model_spec.class_name}). Pass one of them, or matching ones."
         )
     spec = model_spec
-    modules = dict(denoiser.named_modules())
+    modules = base_modules(denoiser)  # a model that already carries adapters resolves like the bare model
     adaptable = _ADAPTABLE[variant]
     rules = [rule for rule in spec.rules_for(scope) if not (rule.conv3d and variant in ("lokr", "loha"))]
     matched: list[str] = []
@@ -341,7 +373,7 @@ def _check_block_coverage(modules: dict[str, nn.Module], matched: list[str], spe
 def count_lora_parameters(model: nn.Module, names: Iterable[str], *, rank: int) -> int:
     """The number of LoRA parameters (A and B) that `rank`-`rank` adapters on `names` add. Works on meta tensors."""
     total = 0
-    modules = dict(model.named_modules())
+    modules = base_modules(model)
     for name in names:
         module = modules[name]
         if isinstance(module, nn.Linear):

@@ -19,6 +19,7 @@ __all__ = [
     "FlowMatchingObjective",
     "IMAGE_EXTENSIONS",
     "ImageCaptionFolder",
+    "MAX_STRENGTH",
     "NEUTRAL_OBJECTIVES",
     "NeutralObjective",
     "NoisyBatch",
@@ -82,7 +83,7 @@ __getattr__, __dir__ = lazy_exports(
             "objective_from_scheduler",
         ],
         "sampler": ["SLIDER_GROUPS", "SliderBackend", "SliderBatchInfo", "SliderBatchSampler", "slider_group"],
-        "scaling": ["SliderScaler", "Strength", "slider_strength"],
+        "scaling": ["MAX_STRENGTH", "SliderScaler", "Strength", "slider_strength"],
     },
 )
 
@@ -118,4 +119,4 @@ if TYPE_CHECKING:
         objective_from_scheduler,
     )
     from .sampler import SLIDER_GROUPS, SliderBackend, SliderBatchInfo, SliderBatchSampler, slider_group
-    from .scaling import SliderScaler, Strength, slider_strength
+    from .scaling import MAX_STRENGTH, SliderScaler, Strength, slider_strength

@@ -10,14 +10,22 @@ because PEFT's `set_adapter` makes every adapter it activates trainable.
 Works for a [`~peft.PeftModel`] and for a model that carries adapters directly (a diffusers model after
 `model.add_adapter(config, adapter_name=...)` or `pipe.load_lora_weights(...)`, or any module after
 [`~peft.inject_adapter_in_model`]). Only torch and PEFT are imported.
+
+While a slider block ([`~peft_slider.training.scaling.slider_strength`], `SliderScaler.at`, a pipeline slider call) is open on
+a model, its thread holds the model's adapter layers: [`activate_adapters`], [`freeze_adapter`] and
+[`add_assistant_adapter`] from another thread raise a RuntimeError, and merging adapters raises in every thread.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import os
+import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
@@ -50,6 +58,149 @@ def named_tuner_layers(model: nn.Module) -> Iterator[tuple[str, BaseTunerLayer]]
     for name, module in model.named_modules():
         if isinstance(module, BaseTunerLayer):
             yield name, module
+
+
+# Holding a model's adapter layers. A PEFT layer has one scale and one set of active adapters for every thread, so
+# while a slider block (a `SliderScaler.at` / `slider_strength` block, or a pipeline slider call) has changed them,
+# the block's thread holds the layers: the same thread may nest blocks, another thread's changes raise, and merging
+# (which would bake the block's strength into the base weights) raises in every thread.
+_HOLD_LOCK = threading.Lock()
+# id(layer) -> [holding thread ident, thread name, open blocks, of which pipeline slider calls]; a layer is here only
+# while a block holds it.
+_HOLDS: dict[int, list] = {}
+
+
+# What a held layer's scales were before its last `scale_layer` call (see `_StandIn`).
+_SCALED_FROM = "_peft_slider_scaled_from"
+# The tuner-layer methods a hold shadows with instance attributes.
+_HELD_METHODS = ("merge", "scale_layer", "unscale_layer")
+
+
+class _StandIn:
+    """Stands in for one method of a held tuner layer, as an instance attribute that shadows the class's method.
+
+    `merge` refuses: the merged weights would keep the block's strength. diffusers' `fuse_lora(lora_scale=s)` scales a
+    layer just before merging it, so `scale_layer` notes the scales it changes (and `unscale_layer` forgets them), and
+    a refused merge puts them back exactly. On a layer that is not held, every stand-in is the class's method: a deep
+    copy made during a block copies the stand-ins, rebound here to the copy.
+    """
+
+    __slots__ = ("_method", "_ref")
+
+    def __init__(self, ref: weakref.ref, method: str) -> None:
+        self._ref = ref  # weak: the stand-ins are cached per layer and must not keep a model alive
+        self._method = method
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        # The class method's: diffusers' fuse_lora inspects `merge` for `adapter_names`.
+        layer = self._ref()
+        return inspect.signature(getattr(type(layer), self._method).__get__(layer))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        layer = self._ref()
+        if id(layer) in _HOLDS:
+            if self._method == "merge":
+                scaled_from = layer.__dict__.pop(_SCALED_FROM, None)
+                if scaled_from is not None:
+                    layer.scaling.update(scaled_from)
+                raise RuntimeError(
+                    f"Cannot merge adapters into {type(layer).__name__} while a slider strength is applied to its "
+                    "model (an open `slider_strength` / `SliderScaler.at` block, or a pipeline slider call): the "
+                    "merged weights would keep that strength after the block, and unmerging later would leave the "
+                    "base weights changed. Merge or fuse after the block; to fuse a slider at a strength, call "
+                    "pipe.fuse_lora(lora_scale=s, adapter_names=[...]) outside any block."
+                )
+            if self._method == "scale_layer":
+                layer.__dict__[_SCALED_FROM] = dict(layer.scaling)
+            else:
+                layer.__dict__.pop(_SCALED_FROM, None)
+        return getattr(type(layer), self._method)(layer, *args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> _StandIn:
+        copy = memo.get(id(self._ref()))  # deepcopy records the layer's copy before copying its attributes
+        return self if copy is None else _StandIn(weakref.ref(copy), self._method)
+
+
+# id(layer) -> the stand-ins for one layer, made once (blocks open and close often) and dropped with the layer.
+_STAND_INS: dict[int, dict[str, _StandIn]] = {}
+
+
+def _stand_ins(layer: BaseTunerLayer) -> dict[str, _StandIn]:
+    key = id(layer)
+    stand_ins = _STAND_INS.get(key)
+    if stand_ins is None or stand_ins["merge"]._ref() is not layer:
+        ref = weakref.ref(layer, lambda _, key=key: _STAND_INS.pop(key, None))
+        stand_ins = {method: _StandIn(ref, method) for method in _HELD_METHODS}
+        _STAND_INS[key] = stand_ins
+    return stand_ins
+
+
+def hold_layers(layers: Sequence[BaseTunerLayer], what: str, *, call: bool = False) -> None:
+    """Marks `layers` held by the calling thread for one more block (`call=True`: a pipeline slider call); RuntimeError
+    if another thread holds them, or if a strength block would open inside a pipeline slider call."""
+    me, name = threading.get_ident(), threading.current_thread().name
+    with _HOLD_LOCK:
+        for done, layer in enumerate(layers):
+            hold = _HOLDS.get(id(layer))
+            if hold is None:
+                _HOLDS[id(layer)] = [me, name, 1, int(call)]
+                # Instance attributes shadow the class's methods until the last block holding the layer closes.
+                layer.__dict__.update(_stand_ins(layer))
+            elif hold[0] == me and (call or not hold[3]):
+                hold[2] += 1
+                hold[3] += call
+            else:
+                _release_held(layers[:done], call=call)  # one pass, undone on the rare conflict
+                if hold[0] != me:
+                    raise _held_error(hold, what)
+                # The call restores the snapshot it took when it ends, which a block still open then would not expect.
+                raise RuntimeError(
+                    f"Cannot {what} inside a pipeline slider call (generate_at, generate_library, sweep), for example "
+                    "from a step callback: the call puts back the adapters it found when it ends. Pass the strength "
+                    "to the call (`strength=`, or a mapping per adapter), or open the block around the call."
+                )
+
+
+def release_layers(layers: Sequence[BaseTunerLayer], *, call: bool = False) -> None:
+    """Ends one block (`call=True`: a pipeline slider call) of the calling thread's hold on `layers` (`hold_layers`)."""
+    with _HOLD_LOCK:
+        _release_held(layers, call=call)
+
+
+def _release_held(layers: Sequence[BaseTunerLayer], *, call: bool = False) -> None:
+    for layer in layers:
+        hold = _HOLDS.get(id(layer))
+        if hold is None:
+            continue
+        hold[2] -= 1
+        hold[3] -= call
+        if hold[2] == 0:
+            del _HOLDS[id(layer)]
+            for attribute in (*_HELD_METHODS, _SCALED_FROM):
+                layer.__dict__.pop(attribute, None)
+
+
+def check_not_held_elsewhere(layers: Iterable[BaseTunerLayer], what: str) -> None:
+    """RuntimeError if another thread's block holds any of `layers`; free when no block is open anywhere."""
+    if _HOLDS:
+        with _HOLD_LOCK:
+            _raise_if_held_elsewhere(layers, what, threading.get_ident())
+
+
+def _raise_if_held_elsewhere(layers: Iterable[BaseTunerLayer], what: str, me: int) -> None:
+    for layer in layers:
+        hold = _HOLDS.get(id(layer))
+        if hold is not None and hold[0] != me:
+            raise _held_error(hold, what)
+
+
+def _held_error(hold: list, what: str) -> RuntimeError:
+    return RuntimeError(
+        f"Cannot {what}: the model is held by a slider block in thread {hold[1]!r}. A PEFT layer has one scale and "
+        "one set of active adapters for all threads, so one model cannot run two slider settings at once. Use one "
+        "model copy per thread, or run the blocks one after another (for example under a threading.Lock)."
+    )
 
 
 def layer_holds(layer: BaseTunerLayer, adapter: str) -> bool:
@@ -147,7 +298,7 @@ def adapter_names(model: nn.Module) -> list[str]:
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.training import adapter_names
+    >>> from peft_slider.training.adapters import adapter_names
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
     >>> adapter_names(model)
     ['default']
@@ -173,7 +324,7 @@ def slider_adapter_names(model: nn.Module) -> list[str]:
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.training import slider_adapter_names
+    >>> from peft_slider.training.adapters import slider_adapter_names
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
     >>> slider_adapter_names(model)
     ['default']
@@ -196,7 +347,7 @@ def frozen_adapter_names(model: nn.Module) -> list[str]:
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.training import freeze_adapter, frozen_adapter_names
+    >>> from peft_slider.training.adapters import freeze_adapter, frozen_adapter_names
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
     >>> freeze_adapter(model, "default")
     >>> frozen_adapter_names(model)
@@ -220,7 +371,7 @@ def active_adapter_names(model: nn.Module) -> list[str]:
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.training import active_adapter_names
+    >>> from peft_slider.training.adapters import active_adapter_names
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
     >>> active_adapter_names(model)
     ['default']
@@ -283,7 +434,7 @@ def freeze_adapter(model: nn.Module, adapter_name: str) -> None:
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.training import freeze_adapter, slider_adapter_names
+    >>> from peft_slider.training.adapters import freeze_adapter, slider_adapter_names
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
     >>> freeze_adapter(model, "default")
     >>> slider_adapter_names(model)
@@ -292,6 +443,7 @@ def freeze_adapter(model: nn.Module, adapter_name: str) -> None:
     ```
     """
     _check_known(model, _as_name_list(adapter_name, "adapter_name"), "adapter_name")
+    check_not_held_elsewhere((layer for _, layer in named_tuner_layers(model)), f"freeze adapter {adapter_name!r}")
     for _, layer in named_tuner_layers(model):
         for adapter, param in _layer_adapter_params(layer):
             if adapter == adapter_name:
@@ -334,7 +486,7 @@ def activate_adapters(
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.training import activate_adapters, active_adapter_names, slider_adapter_names
+    >>> from peft_slider.training.adapters import activate_adapters, active_adapter_names, slider_adapter_names
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
     >>> model.add_adapter("assistant", LoraConfig(target_modules=["0"]))
     >>> activate_adapters(model, slider="default", frozen=["assistant"])
@@ -352,6 +504,7 @@ def activate_adapters(
         raise ValueError(f"Adapters {overlap} are in both `slider` and `frozen`; an adapter is one or the other.")
     _check_known(model, slider_names, "slider")
     _check_known(model, frozen_names, "frozen")
+    check_not_held_elsewhere((layer for _, layer in named_tuner_layers(model)), "activate adapters")
 
     set_active(model, slider_names + frozen_names)
     frozen_set = set(frozen_names) if trainable else set(frozen_names) | set(slider_names)
@@ -363,7 +516,7 @@ def activate_adapters(
 
 def _read_peft_folder(folder: str) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
     """The config (any PEFT method) and weights of a folder written by PEFT's `save_pretrained`."""
-    # The file formats are known once, in peft_slider.formats.files (which imports neither PEFT nor diffusers).
+    # The file formats are known once, in peft_slider.formats.export (which imports neither PEFT nor diffusers at load).
     weights = weights_file(Path(folder), PEFT_WEIGHT_NAME)
     tensors, _ = load_tensors(weights)
     config = PeftConfig.from_peft_type(**read_peft_config(weights, repr(str(weights))))
@@ -371,7 +524,7 @@ def _read_peft_folder(folder: str) -> tuple[PeftConfig, dict[str, torch.Tensor]]
 
 
 def _lora_file_in(folder: str) -> str:
-    """The LoRA file of a diffusers folder, chosen as `peft_slider.formats.files` chooses a slider's file."""
+    """The LoRA file of a diffusers folder, chosen as `peft_slider.formats.export` chooses a slider's file."""
     files = weight_candidates(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)))
     if len(files) == 1:
         return files[0]
@@ -400,6 +553,21 @@ def _delete_adapter(model: nn.Module, adapter_name: str) -> None:
         for _, layer in named_tuner_layers(model):
             layer.delete_adapter(adapter_name)
         getattr(model, "peft_config", {}).pop(adapter_name, None)
+
+
+_MISSING = object()
+
+
+def _unwrap_new_tuner_layers(model: nn.Module, *, keep: set[int]) -> None:
+    """Puts back the base layer of every tuner layer a failed load wrapped (not in `keep`) that holds no adapter."""
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, BaseTunerLayer) and id(child) not in keep and not _held_adapters(child):
+                setattr(parent, child_name, child.get_base_layer())
+
+
+def _held_adapters(layer: BaseTunerLayer) -> set[str]:
+    return {adapter for attr in layer.adapter_layer_names for adapter in getattr(layer, attr, ())}
 
 
 def _inject_with_state_dict(
@@ -439,7 +607,7 @@ def add_assistant_adapter(
     Loads an adapter beside the existing ones as a frozen, always-active "assistant".
 
     The adapters that were active stay active, with the trainability they had; the assistant is added to them and
-    frozen. Strength scaling ([`~peft_slider.training.SliderScaler`]) picks the trainable adapters by default, so the
+    frozen. Strength scaling ([`~peft_slider.training.scaling.SliderScaler`]) picks the trainable adapters by default, so the
     assistant is never scaled and never trained. If loading fails, the model is left as it was.
 
     Args:
@@ -470,7 +638,7 @@ def add_assistant_adapter(
     >>> import tempfile
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.training import add_assistant_adapter, active_adapter_names, slider_adapter_names
+    >>> from peft_slider.training.adapters import add_assistant_adapter, active_adapter_names, slider_adapter_names
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> make = lambda: torch.nn.Sequential(torch.nn.Linear(4, 4))
@@ -487,16 +655,30 @@ def add_assistant_adapter(
         raise TypeError(f"`adapter_name` must be a non-empty string, got {adapter_name!r}.")
     if adapter_name in adapter_names(model):
         raise ValueError(f"`adapter_name` {adapter_name!r} is already in use; pick another name.")
+    check_not_held_elsewhere((layer for _, layer in named_tuner_layers(model)), f"add adapter {adapter_name!r}")
 
     previously_active = active_adapter_names(model)
     # PEFT and diffusers activate (and unfreeze) adapters while loading, also when loading then fails: snapshot first.
     state = AdapterState(model)
+    # diffusers records the config (and its "adapters loaded" flag) before injecting, and keeps both if injecting fails.
+    had_configs = "peft_config" in vars(model)
+    loaded_flag = vars(model).get("_hf_peft_config_loaded", _MISSING)
     try:
         _load_adapter(model, source, adapter_name=adapter_name, state_dict=state_dict, prefix=prefix)
         set_active(model, previously_active + [adapter_name])
     except BaseException:
         if adapter_name in adapter_names(model):
             _delete_adapter(model, adapter_name)
+        _unwrap_new_tuner_layers(model, keep={id(layer) for layer in state.layers})
+        configs = getattr(model, "peft_config", None)
+        if isinstance(configs, dict):
+            configs.pop(adapter_name, None)
+            if not configs and not had_configs:
+                delattr(model, "peft_config")
+        if loaded_flag is _MISSING:
+            vars(model).pop("_hf_peft_config_loaded", None)
+        else:
+            model._hf_peft_config_loaded = loaded_flag
         state.restore()
         raise
     state.restore_requires_grad()

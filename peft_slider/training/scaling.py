@@ -10,6 +10,12 @@ LoKr and LoHa layers multiply their delta by (`lora_alpha / r` after loading). T
 - Only the slider adapters are scaled: frozen adapters beside them (an "assistant" training adapter for distilled
   models) keep their scale.
 
+Blocks (`SliderScaler.at`, `slider_strength`) may nest and may close in any order: the scales are always those the
+blocks still open give, and when the last one closes, exactly the ones found before the first. While a block is open
+its thread holds the model: another thread's blocks, `set`, `restore`, `activate_adapters` and `freeze_adapter` on the
+same model raise a RuntimeError (PEFT layers have one scale for all threads), and merging adapters (`merge_adapter`,
+`merge_and_unload`, `fuse_lora`) raises in every thread. Strengths beyond `MAX_STRENGTH` (1000) are refused.
+
 A 1-D tensor gives one strength per batch element, so a single forward pass can carry positive, negative and neutral
 samples (or one prompt at several strengths). Only torch and PEFT are imported.
 """
@@ -18,8 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,10 +34,23 @@ from peft.tuners.lycoris_utils import LycorisLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ..utils.checks import check_finite, is_real_number
-from .adapters import active_adapter_names, check_adapter_names, layer_holds, named_tuner_layers, trainability_of
+from ..utils.checks import check_finite, is_finite_number, is_real_number
+from .adapters import (
+    active_adapter_names,
+    check_adapter_names,
+    check_not_held_elsewhere,
+    hold_layers,
+    layer_holds,
+    named_tuner_layers,
+    release_layers,
+    trainability_of,
+)
 
-__all__ = ["SliderScaler", "Strength", "slider_strength"]
+__all__ = ["MAX_STRENGTH", "SliderScaler", "Strength", "slider_strength"]
+
+MAX_STRENGTH = 1000.0
+"""The largest strength magnitude accepted. Sliders are used in [-5, 5]; far beyond, the slider's delta outweighs the
+model's own activations, which then overflow (a strength of 1e20 gives NaN images in float32, far less in float16)."""
 
 #: A strength: one number for every slider, a 1-D tensor (or list) of per-sample strengths, or a dict giving either
 #: per adapter name (adapters not in the dict keep their reference scale).
@@ -44,8 +63,17 @@ _DELTA_FACTORS = "_peft_slider_delta_factors"
 _scaler_ids = itertools.count()
 
 
+def _beyond_bound(value: Any, adapter: str) -> ValueError:
+    return ValueError(
+        f"`strength` for adapter {adapter!r} is {value!r}, but a slider strength must have a magnitude at most "
+        f"{MAX_STRENGTH:g} (peft_slider.training.scaling.MAX_STRENGTH): beyond it the slider's delta outweighs the model's own "
+        "activations and the output overflows to NaN. Pass a strength in [-1000, 1000]; sliders are used in [-5, 5]."
+    )
+
+
 def _check_strength(value: Any, adapter: str) -> float | torch.Tensor:
-    """Returns `value` as a float, or as a detached 1-D floating tensor of per-sample strengths."""
+    """Returns `value` as a float, or as a detached 1-D floating tensor of per-sample strengths, each finite and of
+    magnitude at most `MAX_STRENGTH`."""
     if isinstance(value, (list, tuple)):
         if not value or not all(is_real_number(v) for v in value):
             raise ValueError(
@@ -61,8 +89,12 @@ def _check_strength(value: Any, adapter: str) -> float | torch.Tensor:
             )
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"Per-sample `strength` for adapter {adapter!r} must be finite, got {value.tolist()}.")
+        if bool((value.abs() > MAX_STRENGTH).any()):
+            raise _beyond_bound(value.tolist(), adapter)
         # Strengths are settings, not learnable: keep them out of the autograd graph.
         return value.detach()
+    if is_finite_number(value) and abs(value) > MAX_STRENGTH:  # an int may be too large for a float
+        raise _beyond_bound(value, adapter)
     return check_finite(
         value,
         argument=f"`strength` for adapter {adapter!r}",
@@ -144,6 +176,65 @@ def _batch_tensor(args: tuple, kwargs: dict) -> tuple[str, torch.Tensor] | None:
     return None
 
 
+class _Block:
+    """One open `at` / `slider_strength` block: the strength it gives each slot of its scaler, and what it found.
+
+    `relative` blocks (`slider_strength`) multiply the scale below them; the others (`SliderScaler.at`) set the
+    scaler's reference times the strength, whatever is below.
+    """
+
+    __slots__ = ("factors", "relative", "saved", "saved_per_sample", "scaler", "sequence")
+
+    def __init__(self, scaler: SliderScaler, factors: dict[str, float], relative: bool) -> None:
+        self.sequence = next(_sequence)
+        self.scaler = scaler
+        self.factors = factors
+        self.relative = relative
+        self.saved: list[Any] = []
+        self.saved_per_sample: dict[str, torch.Tensor] = scaler._per_sample
+
+    def value(self, index: int, below: Any) -> Any:
+        _, adapter, reference = self.scaler._slots[index]
+        return (below if self.relative else reference) * self.factors[adapter]
+
+
+# (id of a layer's `scaling` dict, adapter) -> the open blocks that set that scale, oldest first, each with the slot's
+# index in its scaler. Blocks may close in any order: closing one hands what it found to the block opened right after
+# it on the slot, and the scale becomes what the blocks still open give, as if the closed one had never been entered.
+_BLOCKS: dict[tuple[int, str], list[tuple[_Block, int]]] = {}
+_BLOCKS_LOCK = threading.Lock()
+# Open pipeline slider calls, oldest first: (sequence number, {id(a layer's scaling dict): the call's saved copy}). A
+# block that closes while a call opened after it is still open (from a step callback) hands what it restores to that
+# call's snapshot instead of the live scale, which the call owns until it ends.
+_OPEN_CALLS: list[tuple[int, dict[int, dict]]] = []
+_sequence = itertools.count()  # orders blocks and calls
+
+
+def open_call(snapshot: Iterable[tuple[dict, dict]]) -> tuple[int, dict[int, dict]]:
+    """Registers a pipeline slider call's snapshot of `(live scaling dict, saved copy)` pairs (see `_OPEN_CALLS`);
+    the saved copies may be updated in place until `close_call`. Used by `peft_slider.inference.pipeline`."""
+    call = (next(_sequence), {id(live): saved for live, saved in snapshot})
+    with _BLOCKS_LOCK:
+        _OPEN_CALLS.append(call)
+    return call
+
+
+def close_call(call: tuple[int, dict[int, dict]]) -> None:
+    """Unregisters a call registered by `open_call`."""
+    with _BLOCKS_LOCK:
+        _OPEN_CALLS[:] = [c for c in _OPEN_CALLS if c is not call]
+
+
+def _hand_to_call(calls: list[dict[int, dict]], scaling: dict, adapter: str, value: Any) -> bool:
+    """Writes `value` into the snapshot of the oldest of `calls` that saved this scale; whether one did."""
+    for snapshots in calls:
+        saved = snapshots.get(id(scaling))
+        if saved is not None and adapter in saved:
+            saved[adapter] = value
+            return True
+    return False
+
+
 class SliderScaler:
     """
     Sets the signed strength of the slider adapters of a model, cheaply and exactly reversibly.
@@ -158,7 +249,7 @@ class SliderScaler:
     adapter is used; with several active adapters `adapter_names` is required. Note that diffusers'
     `load_lora_weights` / `load_lora_adapter` leave every loaded adapter trainable (`requires_grad=True`), so at
     inference name the sliders with `adapter_names`, and freeze an assistant
-    ([`~peft_slider.training.freeze_adapter`]).
+    ([`~peft_slider.training.adapters.freeze_adapter`]).
 
     Per-sample strengths (a 1-D tensor, one entry per batch element) keep the slider scales at the reference and
     multiply each slider delta by the sample's strength through hooks, so sample `b` gets the output of a pass at
@@ -170,6 +261,13 @@ class SliderScaler:
 
     Scales are captured by autograd at forward time, but with gradient checkpointing the forward is run again during
     backward: call `backward()` inside `at(...)` so both passes use the same strength.
+
+    Blocks and threads: `at(...)` blocks (of this or other scalers, and `slider_strength` blocks) may close in any
+    order; the scales are then those of the blocks still open, and the last to close restores exactly what the first
+    found. An open block holds the model for its thread: from another thread, blocks, `set` and `restore` on the same
+    model raise a RuntimeError; use one model per thread or run the blocks one after another. Merging adapters while
+    a block is open raises (the merged weights would keep the block's strength). `set` and `restore` outside a block
+    are plain writes: `restore` refuses while an adapter is merged at another scale than its reference.
 
     Args:
         model (`torch.nn.Module`):
@@ -183,7 +281,7 @@ class SliderScaler:
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.training import SliderScaler
+    >>> from peft_slider.training.scaling import SliderScaler
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> config = LoraConfig(r=4, lora_alpha=4, target_modules=["0"], init_lora_weights=False)
@@ -221,6 +319,9 @@ class SliderScaler:
         self.adapter_names: tuple[str, ...] = tuple(names)
         self._entries = entries
         self._layers = list({id(layer): layer for _, layer, _ in entries}.values())
+        # A block holds every adapter layer of the model (see `peft_slider.training.adapters._hold_layers`).
+        self._all_layers = [layer for _, layer in tuner_layers]
+        self._open: list[_Block] = []  # this scaler's open blocks, oldest first
         self._slots: list[tuple[dict, str, Any]] = []
         self.refresh()
         self._id = next(_scaler_ids)
@@ -246,7 +347,7 @@ class SliderScaler:
         ```py
         >>> import torch
         >>> from peft import LoraConfig, get_peft_model
-        >>> from peft_slider.training import SliderScaler
+        >>> from peft_slider.training.scaling import SliderScaler
         >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
         >>> scaler = SliderScaler(model)
         >>> model.base_model.model[0].set_scale("default", 0.5)
@@ -258,6 +359,7 @@ class SliderScaler:
         ```
         """
         self._slots = [(layer.scaling, adapter, layer.scaling[adapter]) for _, layer, adapter in self._entries]
+        self._keys = [(id(scaling), adapter) for scaling, adapter, _ in self._slots]  # the slots' keys in `_BLOCKS`
 
     def _check_not_merged(self) -> None:
         if not any(layer.merged_adapters for layer in self._layers):
@@ -287,6 +389,8 @@ class SliderScaler:
         self._per_sample_checked.update(adapters)
 
     def _parse(self, strength: Strength) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        if (type(strength) is float or type(strength) is int) and -MAX_STRENGTH <= strength <= MAX_STRENGTH:
+            return dict.fromkeys(self.adapter_names, strength), {}  # the common case: one number for every slider
         if isinstance(strength, Mapping):
             for name in strength:
                 if name not in self.adapter_names:
@@ -316,16 +420,17 @@ class SliderScaler:
 
         Args:
             strength (`float`, `torch.Tensor`, `list[float]` or `dict[str, ...]`):
-                A finite number for all sliders; a 1-D floating tensor (or list) of per-sample strengths, one per
-                batch element; or a dict from adapter name to either, to give several sliders different strengths
-                (sliders not in the dict get their reference scale). Nothing changes if it is invalid.
+                A finite number of magnitude at most `MAX_STRENGTH` (1000) for all sliders; a 1-D floating tensor
+                (or list) of per-sample strengths, one per batch element; or a dict from adapter name to either, to
+                give several sliders different strengths (sliders not in the dict get their reference scale). Nothing
+                changes if it is invalid.
 
         Example:
 
         ```py
         >>> import torch
         >>> from peft import LoraConfig, get_peft_model
-        >>> from peft_slider.training import SliderScaler
+        >>> from peft_slider.training.scaling import SliderScaler
         >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
         >>> scaler = SliderScaler(model)
         >>> scaler.set(-2.0)
@@ -338,10 +443,9 @@ class SliderScaler:
 
         ```
         """
-        if type(strength) is float or type(strength) is int:
+        check_not_held_elsewhere(self._layers, "set a slider strength")
+        if (type(strength) is float or type(strength) is int) and -MAX_STRENGTH <= strength <= MAX_STRENGTH:
             # Fast path for the common case: one number for every slider.
-            if not math.isfinite(strength):
-                _check_strength(strength, self.adapter_names[0])  # raises with the message
             self._check_not_merged()
             for scaling, adapter, reference in self._slots:
                 scaling[adapter] = reference * strength
@@ -354,7 +458,8 @@ class SliderScaler:
             self._check_per_sample_supported(list(per_sample))
         for scaling, adapter, reference in self._slots:
             scaling[adapter] = reference * scalars[adapter]
-        self._set_per_sample(per_sample)
+        if per_sample or self._per_sample:
+            self._set_per_sample(per_sample)
 
     def restore(self) -> None:
         """
@@ -365,7 +470,7 @@ class SliderScaler:
         ```py
         >>> import torch
         >>> from peft import LoraConfig, get_peft_model
-        >>> from peft_slider.training import SliderScaler
+        >>> from peft_slider.training.scaling import SliderScaler
         >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
         >>> scaler = SliderScaler(model)
         >>> scaler.set(0.0)
@@ -375,6 +480,16 @@ class SliderScaler:
 
         ```
         """
+        check_not_held_elsewhere(self._layers, "restore slider scales")
+        if any(layer.merged_adapters for layer in self._layers):
+            for (module_name, layer, adapter), (scaling, _, reference) in zip(self._entries, self._slots):
+                if adapter in layer.merged_adapters and scaling[adapter] != reference:
+                    raise ValueError(
+                        f"Adapter {adapter!r} was merged into the weights of {module_name!r} at scale "
+                        f"{scaling[adapter]!r}; restoring its scale to {reference!r} now would leave the base weights "
+                        "changed after unmerging. Unmerge it first (`model.unmerge_adapter()` or diffusers' "
+                        "`unfuse_lora()`), then restore()."
+                    )
         for scaling, adapter, reference in self._slots:
             scaling[adapter] = reference
         self._set_per_sample({})
@@ -383,7 +498,8 @@ class SliderScaler:
     def at(self, strength: Strength) -> Iterator[SliderScaler]:
         """
         Context manager: `set(strength)` on entry; on exit, also on an exception, the scales and per-sample hooks
-        found on entry are put back exactly.
+        found on entry are put back exactly. Blocks closed out of order hand what they found to the block opened
+        after them, so the last to close restores exactly what the first found (see the class docstring).
 
         Args:
             strength (`float`, `torch.Tensor`, `list[float]` or `dict[str, ...]`):
@@ -394,7 +510,7 @@ class SliderScaler:
         ```py
         >>> import torch
         >>> from peft import LoraConfig, get_peft_model
-        >>> from peft_slider.training import SliderScaler
+        >>> from peft_slider.training.scaling import SliderScaler
         >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
         >>> scaler = SliderScaler(model)
         >>> with scaler.at(0.0):
@@ -405,15 +521,70 @@ class SliderScaler:
 
         ```
         """
-        saved = [scaling[adapter] for scaling, adapter, _ in self._slots]
-        saved_per_sample = self._per_sample  # replaced, never mutated, by `_set_per_sample`
+        block = self._enter(strength, relative=False)
         try:
-            self.set(strength)
             yield self
         finally:
-            for (scaling, adapter, _), value in zip(self._slots, saved):
-                scaling[adapter] = value
-            self._set_per_sample(saved_per_sample)
+            self._exit(block)
+
+    def _enter(self, strength: Strength, *, relative: bool) -> _Block:
+        """Opens a block: checks everything, holds the model's layers, then sets the strength. Changes nothing if it
+        raises."""
+        scalars, per_sample = self._parse(strength)
+        self._check_not_merged()
+        if per_sample:
+            self._check_per_sample_supported(list(per_sample))
+        block = _Block(self, scalars, relative)
+        hold_layers(self._all_layers, "apply a slider strength")
+        try:
+            saved = block.saved
+            with _BLOCKS_LOCK:
+                for index, ((scaling, adapter, reference), key) in enumerate(zip(self._slots, self._keys)):
+                    below = scaling[adapter]
+                    saved.append(below)
+                    stack = _BLOCKS.get(key)
+                    if stack is None:
+                        _BLOCKS[key] = [(block, index)]
+                    else:
+                        stack.append((block, index))
+                    scaling[adapter] = (below if relative else reference) * scalars[adapter]
+            self._open.append(block)
+            self._set_per_sample(per_sample)
+        except BaseException:
+            self._exit(block)
+            raise
+        return block
+
+    def _exit(self, block: _Block) -> None:
+        """Closes a block, in any order (see `_BLOCKS`); the last one to close leaves exactly what the first found."""
+        try:
+            with _BLOCKS_LOCK:
+                calls = [snapshots for sequence, snapshots in _OPEN_CALLS if sequence > block.sequence]
+                # zip stops at the slots `_enter` reached, should it have failed part way.
+                for index, ((scaling, adapter, _), key, below) in enumerate(zip(self._slots, self._keys, block.saved)):
+                    stack = _BLOCKS[key]
+                    if len(stack) == 1:  # the only open block on this slot: the common case
+                        del _BLOCKS[key]
+                    else:
+                        position = len(stack) - 1 if stack[-1][0] is block else stack.index((block, index))
+                        del stack[position]
+                        for later, later_index in stack[position:]:
+                            later.saved[later_index] = below
+                            below = later.value(later_index, below)
+                    if calls and _hand_to_call(calls, scaling, adapter, below):
+                        continue  # a call opened after this block owns the live scale until it ends
+                    scaling[adapter] = below
+            if block in self._open:
+                position = self._open.index(block)
+                del self._open[position]
+                if position < len(self._open):  # a later block of this scaler is open: its per-sample strengths stay
+                    self._open[position].saved_per_sample = block.saved_per_sample
+                else:
+                    self._set_per_sample(block.saved_per_sample)
+            else:
+                self._set_per_sample(block.saved_per_sample)
+        finally:
+            release_layers(self._all_layers)
 
     # Per-sample strengths.
 
@@ -509,8 +680,10 @@ def slider_strength(
     exception) restores the exact previous values.
 
     Nested blocks multiply (inside `slider_strength(m, 2)` and `slider_strength(m, -3)` the scale is `-6` times the
-    original) and restore in order. Builds a [`SliderScaler`] on every call; keep one `SliderScaler` when switching
-    often.
+    original). Blocks may close in any order: if the outer one closes first, the scale becomes `-3` times the
+    original, and when both are closed it is exactly the original. While the block is open, another thread cannot
+    change the model's adapters and merging raises (see [`SliderScaler`]). Builds a [`SliderScaler`] on every call;
+    keep one `SliderScaler` when switching often.
 
     Args:
         model (`torch.nn.Module`):
@@ -525,7 +698,7 @@ def slider_strength(
     ```py
     >>> import torch
     >>> from peft import LoraConfig, get_peft_model
-    >>> from peft_slider.training import slider_strength
+    >>> from peft_slider.training.scaling import slider_strength
     >>> model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(target_modules=["0"]))
     >>> with slider_strength(model, -1.0):
     ...     model.base_model.model[0].scaling
@@ -536,5 +709,8 @@ def slider_strength(
     ```
     """
     scaler = SliderScaler(model, adapter_names=adapter_names)
-    with scaler.at(strength):
+    block = scaler._enter(strength, relative=True)
+    try:
         yield scaler
+    finally:
+        scaler._exit(block)
