@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .architectures import ARCHITECTURES, FAMILY_ALIASES, SCOPES, ArchitectureSpec
@@ -214,6 +213,9 @@ def base_modules(model: nn.Module) -> dict[str, nn.Module]:
 
     ```
     """
+    # Imported here: resolving targets on a bare model (`peft-slider inspect`) imports no PEFT.
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     modules: dict[str, nn.Module] = {}
     inside: str | None = None  # the prefix of the tuner layer whose submodules are being skipped
     for name, module in model.named_modules():
