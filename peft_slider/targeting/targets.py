@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -213,8 +214,12 @@ def base_modules(model: nn.Module) -> dict[str, nn.Module]:
 
     ```
     """
-    # Imported here: resolving targets on a bare model (`peft-slider inspect`) imports no PEFT.
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    tuners_utils = sys.modules.get("peft.tuners.tuners_utils")
+    if tuners_utils is None:
+        # PEFT was never imported, so no module is a tuner layer; resolving targets on a bare model (`peft-slider
+        # inspect`) stays free of PEFT's import.
+        return dict(model.named_modules())
+    BaseTunerLayer = tuners_utils.BaseTunerLayer  # noqa: N806
 
     modules: dict[str, nn.Module] = {}
     inside: str | None = None  # the prefix of the tuner layer whose submodules are being skipped
