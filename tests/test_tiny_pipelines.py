@@ -95,8 +95,15 @@ def test_save_and_load_through_from_pretrained(family, tmp_path):
     loaded = DiffusionPipeline.from_pretrained(path)
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded) is type(built)
-    # Same weights and tokenizers through the real loading code: bitwise-identical images (atol=0, rtol=0).
-    torch.testing.assert_close(generate(loaded, family), generate(built, family), atol=0, rtol=0)
+    built_state, loaded_state = module_state(built), module_state(loaded)
+    assert built_state.keys() == loaded_state.keys()
+    for key, value in built_state.items():
+        torch.testing.assert_close(loaded_state[key], value, atol=0, rtol=0, msg=key)  # the same weights, bitwise
+    # Not bitwise: from_pretrained's weights are views into the safetensors file, at addresses that are not 64-byte
+    # aligned, and CPU matmul kernels sum in another order on unaligned data (weights copied into fresh memory give
+    # bitwise-identical images). Observed up to 3.8e-6 on these [0, 1] images, while a one-word change of the prompt
+    # moves them by ~2e-2: 1e-5 still catches a tokenizer, text encoder or scheduler that loads wrong.
+    torch.testing.assert_close(generate(loaded, family), generate(built, family), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
