@@ -758,6 +758,15 @@ def _prepare_toy(args: argparse.Namespace, accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
+def _dtype_keyword() -> str:
+    """The name of `from_pretrained`'s dtype argument: `dtype` from diffusers 0.40 on (`torch_dtype` is deprecated
+    there), `torch_dtype` before (the oldest diffusers setup.cfg allows, 0.39, knows only that one)."""
+    import diffusers
+    from packaging.version import Version
+
+    return "dtype" if Version(diffusers.__version__) >= Version("0.40") else "torch_dtype"
+
+
 class SliderTraining:
     """One training run: setup in `__init__`, then `train()` and `save()`. `main` runs all three."""
 
@@ -789,7 +798,7 @@ class SliderTraining:
         with _usage("--pretrained_model_name_or_path", args.pretrained_model_name_or_path, OSError):
             pipe = DiffusionPipeline.from_pretrained(
                 args.pretrained_model_name_or_path,
-                dtype=self.weight_dtype,
+                **{_dtype_keyword(): self.weight_dtype},
                 revision=args.revision,
                 variant=args.variant,
             )
