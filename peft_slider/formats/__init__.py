@@ -7,6 +7,7 @@
 - `kohya`: the kohya / ComfyUI key layouts.
 - `metadata`: `SliderMetadata`, the `peft_slider.*` safetensors header keys.
 - `hub`: model cards, `push_slider_to_hub`, `download_slider`.
+- `strength_map`: `StrengthMap`, a slider's calibrated strength scale, and the maps of loaded sliders.
 """
 
 from typing import TYPE_CHECKING
@@ -24,11 +25,13 @@ __all__ = [
     "SliderFile",
     "SliderFileError",
     "SliderMetadata",
+    "StrengthMap",
     "build_model_card",
     "convert_slider",
     "download_slider",
     "from_comfyui_transformer",
     "from_kohya",
+    "get_strength_map",
     "kohya_header",
     "kohya_module_name",
     "load_slider",
@@ -36,6 +39,7 @@ __all__ = [
     "read_safetensors_header",
     "read_slider",
     "save_slider",
+    "set_strength_map",
     "to_comfyui_transformer",
     "to_kohya",
     "unet_module_name",
@@ -59,6 +63,7 @@ __getattr__, __dir__ = lazy_exports(
             "unet_module_name",
         ],
         "metadata": ["HEADER_PREFIX", "SliderMetadata", "read_safetensors_header"],
+        "strength_map": ["StrengthMap", "get_strength_map", "set_strength_map"],
     },
 )
 
@@ -77,3 +82,4 @@ if TYPE_CHECKING:
         unet_module_name,
     )
     from .metadata import HEADER_PREFIX, SliderMetadata, read_safetensors_header
+    from .strength_map import StrengthMap, get_strength_map, set_strength_map
