@@ -15,13 +15,15 @@ the mean distance curve. The metrics:
   every seed, -1: it falls, 0: no order.
 - **smoothness** `(sum_j w_j |g_j| / W)^2 / (sum_j w_j g_j^2 / W)`, with `g_j = (m_{j+1} - m_j) / w_j` the slope of the
   mean curve over step `j`, `w_j = s_{j+1} - s_j` and `W = sum_j w_j`: 1 when every step moves the concept equally, `1/K`
-  when one of `K` equal steps carries all the change. `None` when the curve is flat.
+  when one of `K` equal steps carries all the change. `None` when the curve is flat. **Smoothness in range** is the same
+  over the steps inside the recommended range (what calibration evens out).
 - **preservation** `P_j`, and its summary `mean_{j != z} P_j`: how far the images move from the strength-0 image (lower
   is better preserved). With a distance that masks the concept's region it measures what changes outside the concept.
 - **saturation**, on each side of 0: going outwards from 0, the last strength before the first step whose slope in the
-  slider's direction, `sign(Delta) * g_j`, falls below `stall_fraction` (default 0.25) times the fastest step's; or
-  before the first strength whose `P_j` exceeds `max_distance` (when given), whichever comes first. `None` when the side
-  never saturates within the sweep.
+  slider's direction, `sign(Delta) * g_j`, falls below `stall_fraction` (default 0.25) times the side's mean slope
+  `|c_peak - c_z| / |s_peak|` (from 0 to the strength where that side's concept, `c = sign(Delta) * m`, goes furthest);
+  or before the first strength whose `P_j` exceeds `max_distance` (when given), whichever comes first. `None` when the
+  side never saturates within the sweep.
 - **recommended range** `(saturation_minus or s_1, saturation_plus or s_J)`.
 
 A slider has **no effect** when the mean score never leaves its strength-0 value (`max_j |m_j - m_z| == 0`, or the images
@@ -61,7 +63,7 @@ def _check_strengths(strengths: Any) -> list[float]:
         raise ValueError(
             f"`strengths` must be a list of two or more numbers holding 0, such as [-2, -1, 0, 1, 2], got {strengths!r}."
         )
-    values = [check_finite(s, argument=f"strengths[{i}]") for i, s in enumerate(strengths)]
+    values = [check_finite(s, argument=f"`strengths[{i}]`") for i, s in enumerate(strengths)]
     if any(b <= a for a, b in zip(values, values[1:])):
         raise ValueError(f"`strengths` must be strictly increasing, got {values}; sort them and drop repeats.")
     if 0.0 not in values:
@@ -199,7 +201,8 @@ def saturation(
     """Where each side of the sweep saturates: `((strength_minus, reason), (strength_plus, reason))`.
 
     Going outwards from 0, a side saturates at the last strength before the first step whose slope in the slider's
-    direction is below `stall_fraction` times the fastest step's (reason `"concept stops moving"`), or before the first
+    direction is below `stall_fraction` times the side's mean slope up to its peak (reason `"concept stops moving"`;
+    a side that never moves the concept the right way saturates at 0), or before the first
     strength whose mean distance exceeds `max_distance` (reason `"preservation collapses"`). `(None, None)` for a side
     that does not saturate within the sweep.
 
@@ -219,17 +222,20 @@ def saturation(
     zero = list(strengths).index(0)
     _, slopes = _slopes(strengths, mean_curve)
     direction = math.copysign(1.0, mean_curve[-1] - mean_curve[0]) if mean_curve[-1] != mean_curve[0] else 0.0
-    fastest = max((direction * g for g in slopes), default=0.0)
     sides = []
     for outward in (range(zero - 1, -1, -1), range(zero + 1, len(strengths))):
         found: tuple[float | None, str | None] = (None, None)
         previous = zero
+        # The side's reference slope: from 0 to where its concept goes furthest in the slider's direction.
+        moved = {j: direction * (mean_curve[j] - mean_curve[zero]) * math.copysign(1.0, strengths[j]) for j in outward}
+        peak = max(moved, key=moved.get, default=None)
+        reference = 0.0 if peak is None else moved[peak] / abs(strengths[peak])
         for j in outward:
             if max_distance is not None and distances is not None and distances[j] > max_distance:
                 found = (strengths[previous], "preservation collapses")
                 break
             step = min(j, previous)  # the step between `previous` and `j`
-            if direction == 0.0 or direction * slopes[step] < stall_fraction * fastest:
+            if reference <= 0.0 or direction * slopes[step] < stall_fraction * reference:
                 found = (strengths[previous], "concept stops moving")
                 break
             previous = j
@@ -250,6 +256,7 @@ class SliderMetrics:
         concept_range (`float`, *optional*): `(m_J - m_1) / sigma`.
         monotonicity (`float`): mean Spearman over samples, in [-1, 1].
         smoothness (`float`, *optional*): evenness of the mean curve's steps, in (0, 1].
+        range_smoothness (`float`, *optional*): the same within the recommended range.
         preservation (`float`, *optional*): `mean_{j != z} P_j`.
         saturation_minus, saturation_plus (`float`, *optional*): where each side saturates.
         saturation_minus_reason, saturation_plus_reason (`str`, *optional*): why.
@@ -266,6 +273,7 @@ class SliderMetrics:
     concept_range: float | None
     monotonicity: float
     smoothness: float | None
+    range_smoothness: float | None
     preservation: float | None
     saturation_minus: float | None
     saturation_minus_reason: str | None
@@ -288,6 +296,7 @@ class SliderMetrics:
             "concept range (seed spreads)": self.concept_range,
             "monotonicity": self.monotonicity,
             "smoothness": self.smoothness,
+            "smoothness in range": self.range_smoothness,
             "preservation distance": self.preservation,
             "saturation -": self.saturation_minus,
             "saturation +": self.saturation_plus,
@@ -360,7 +369,8 @@ def compute_metrics(
         distances (`list[list[float]]`, *optional*):
             `D[n][j]`: the distance of each image to its sample's strength-0 image.
         stall_fraction (`float`, *optional*, defaults to `0.25`):
-            A step moving the concept slower than this fraction of the fastest step is saturated.
+            A step moving the concept slower than this fraction of its side's mean slope (up to the side's peak) is
+            saturated.
         max_distance (`float`, *optional*):
             A strength whose mean distance exceeds this is past saturation (preservation collapses).
         min_effect (`float`, *optional*, defaults to `0.5`):
@@ -412,6 +422,10 @@ def compute_metrics(
         values[-1] if plus is None else float(plus),
     )
     others = [d for j, d in enumerate(mean_distances or []) if j != zero]
+    inside = [j for j, s in enumerate(values) if recommended[0] <= s <= recommended[1]]
+    range_smoothness = (
+        smoothness([values[j] for j in inside], [mean_curve[j] for j in inside]) if len(inside) > 1 else None
+    )
     return SliderMetrics(
         strengths=values,
         mean_scores=mean_curve,
@@ -421,6 +435,7 @@ def compute_metrics(
         concept_range=concept_range(mean_curve, spread),
         monotonicity=rho,
         smoothness=smoothness(values, mean_curve),
+        range_smoothness=range_smoothness,
         preservation=_mean(others) if others else None,
         saturation_minus=None if minus is None else float(minus),
         saturation_minus_reason=minus_reason,
