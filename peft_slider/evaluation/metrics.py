@@ -27,8 +27,10 @@ the mean distance curve. The metrics:
 - **recommended range** `(saturation_minus or s_1, saturation_plus or s_J)`.
 
 A slider has **no effect** when the mean score never leaves its strength-0 value (`max_j |m_j - m_z| == 0`, or the images
-are identical at every strength), and **no detectable effect** when it moves by less than `min_effect` (default 0.5)
-seed spreads; [`SliderMetrics.effect`] is then `False` and [`SliderMetrics.diagnosis`] says so.
+are identical at every strength), **no detectable effect** when it moves by less than `min_effect` (default 0.5) seed
+spreads (`max_j |m_j - m_z| < min_effect * sigma`), and **no net effect** when it moves but both ends of the sweep are
+that close (`|Delta| < min_effect * sigma`, or `Delta == 0`): it moves the concept both ways, not in one direction.
+[`SliderMetrics.effect`] is then `False` and [`SliderMetrics.diagnosis`] says so.
 """
 
 from __future__ import annotations
@@ -339,10 +341,12 @@ def _diagnosis(
             f"no detectable effect: the mean concept score moves at most {moved / spread:.2f} seed spreads "
             f"(< min_effect={min_effect}); train longer or stronger, or check the scorer measures the concept."
         )
-    if mean_curve[-1] == mean_curve[0]:
+    change = abs(mean_curve[-1] - mean_curve[0])
+    if change == 0 or (spread is not None and spread > 0 and change < min_effect * spread):
+        size = "the same" if change == 0 else f"within {change / spread:.2f} seed spreads"
         return False, (
-            "no net effect: the concept score is the same at both ends of the sweep (monotonicity "
-            f"{rho:.2f}); the slider moves it both ways, not in one direction."
+            f"no net effect: the concept score is {size} at both ends of the sweep (monotonicity {rho:.2f}); the "
+            "slider moves it both ways, not in one direction."
         )
     direction = "raises" if mean_curve[-1] > mean_curve[0] else "lowers"
     if rho < 0.5 and rho > -0.5:
@@ -374,7 +378,8 @@ def compute_metrics(
         max_distance (`float`, *optional*):
             A strength whose mean distance exceeds this is past saturation (preservation collapses).
         min_effect (`float`, *optional*, defaults to `0.5`):
-            A slider moving the mean score less than this many seed spreads has no detectable effect.
+            A slider moving the mean score (or its net change across the sweep) less than this many seed spreads has
+            no detectable (net) effect.
 
     Returns:
         [`SliderMetrics`]
