@@ -260,6 +260,15 @@ def test_strength_map_round_trips_through_the_metadata_header():
         SliderMetadata(strength_map={"u": [0, 1]})
 
 
+def test_model_card_shows_the_calibrated_range():
+    from peft_slider.formats import build_model_card
+
+    strength_map = StrengthMap(calibrated=(-1.5, 0.0, 2.5), raw=(-2.0, 0.0, 2.0))
+    card = str(build_model_card(SliderMetadata(concept="light", strength_map=strength_map)))
+    assert "| Calibrated strength range |" in card and "strength_for" in card
+    assert "Calibrated strength range" not in str(build_model_card(SliderMetadata(concept="light")))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Scorers
 
@@ -303,11 +312,36 @@ def test_image_conversion_and_scorer_resolution():
         to_image_tensor(torch.zeros(2, 5, 5))
 
 
-def test_clip_score_never_downloads(tmp_path):
+def test_clip_score_reads_a_local_model_and_never_downloads(tmp_path):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
     from peft_slider.evaluation import ClipScore
 
     with pytest.raises(ValueError, match="is not a local folder. ClipScore never downloads"):
         ClipScore(tmp_path / "openai-clip", "a smiling person")
+    # A tiny random CLIP with the tiny pipelines' local tokenizer, saved like a real one.
+    tokenizer = build_tiny_pipeline("flux").tokenizer
+    torch.manual_seed(0)
+    text = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    text.update(num_attention_heads=4, max_position_embeddings=77, eos_token_id=tokenizer.eos_token_id)
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
+    vision.update(image_size=32, patch_size=8)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(tmp_path / "clip")
+    processor.save_pretrained(tmp_path / "clip")
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+    def cosine(prompt):  # CLIP's own image-text cosine similarity
+        with torch.no_grad():
+            inputs = processor(text=[prompt], images=[pixels], return_tensors="pt", padding=True)
+            return float(model(**inputs).logits_per_image[0, 0] / model.logit_scale.exp())
+
+    assert ClipScore(tmp_path / "clip", "a bright photo")(image) == pytest.approx(cosine("a bright photo"), abs=1e-5)
+    contrastive = ClipScore(tmp_path / "clip", "a bright photo", "a dark photo")(image)
+    assert contrastive == pytest.approx(cosine("a bright photo") - cosine("a dark photo"), abs=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
