@@ -510,6 +510,21 @@ def test_cli_evaluate_calibrate_and_save(tmp_path, capsys):
     assert isinstance(get_strength_map(other.transformer, "light"), StrengthMap)
 
 
+def test_cli_diagnoses_a_slider_without_effect(tmp_path, capsys):
+    base = save_tiny_pipeline("flux", tmp_path / "base")
+    pipe = build_tiny_pipeline("flux")
+    pipe.transformer.add_adapter(SliderLoraConfig(r=4, lora_alpha=8), adapter_name="untrained")  # B = 0
+    save_slider(pipe, tmp_path / "slider", adapter_name="untrained", formats=["diffusers"])
+    call = json.dumps({"max_sequence_length": 16, "output_type": "pt"})
+    args = ["evaluate", str(tmp_path / "slider"), "--base", str(base), "--prompt", "a photo", "--steps", "2"]
+    args += ["--strengths", "-1", "0", "1", "--seeds", "0", "1", "--height", "32", "--width", "32", "--call", call]
+    code = main([*args, "--out", str(tmp_path / "out"), "--no_progress", "--calibrate"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "no effect" in out and "calibration: Nothing to calibrate" in out
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["metrics"]["effect"] is False
+
+
 def test_write_calibration_keeps_tensors_and_header(tmp_path):
     pipe = build_tiny_pipeline("flux")
     torch.manual_seed(0)

@@ -49,7 +49,9 @@ def _calibrated_strengths(raw: list[float], calibrated_range: tuple[float, float
     step = min(b - a for a, b in zip(raw, raw[1:]))
     low, high = calibrated_range
     count_low, count_high = int(-low / step + 1e-9), int(high / step + 1e-9)
-    return [k * step for k in range(-count_low, count_high + 1)]
+    strengths = [k * step for k in range(-count_low, count_high + 1)]
+    # A range narrower than one step still gets its two ends.
+    return strengths if len(strengths) > 1 else sorted({low, 0.0, high})
 
 
 def _evaluate(args: argparse.Namespace) -> int:
