@@ -294,6 +294,24 @@ def test_builtin_scorers_on_known_images():
     assert DISTANCES["mae"](flat, flat + 0.5) == pytest.approx(0.5)
 
 
+def test_preservation_outside_the_concept_region():
+    from peft_slider.evaluation import outside_mask
+
+    mask = torch.zeros(8, 8)
+    mask[2:6, 2:6] = 1  # the concept's region
+    reference = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    inside, outside = reference.clone(), reference.clone()
+    inside[:, 2:6, 2:6] += 0.3
+    outside[:, 0, :] += 0.4  # a row outside the region: 8 of 64 pixels
+    for name in ("mae", "ssim"):
+        distance = outside_mask(name, mask)
+        assert distance(inside, reference) == 0.0  # the concept changing is not a preservation loss
+        assert distance(outside, reference) > 0
+    assert outside_mask("mae", mask)(outside, reference) == pytest.approx(0.4 * 8 / 64)
+    with pytest.raises(ValueError, match="`mask` must be an \\(H, W\\) tensor of weights in \\[0, 1\\]"):
+        outside_mask("mae", torch.full((8, 8), 2.0))
+
+
 def test_image_conversion_and_scorer_resolution():
     from PIL import Image
 

@@ -27,6 +27,7 @@ __all__ = [
     "format_summary",
     "isotonic",
     "monotonicity",
+    "outside_mask",
     "plot_metrics",
     "resolve_scorer",
     "saturation",
@@ -55,7 +56,7 @@ __getattr__, __dir__ = lazy_exports(
             "spearman",
         ],
         "plot": ["plot_metrics"],
-        "scorers": ["CONCEPT_SCORERS", "DISTANCES", "ClipScore", "resolve_scorer", "to_image_tensor"],
+        "scorers": ["CONCEPT_SCORERS", "DISTANCES", "ClipScore", "outside_mask", "resolve_scorer", "to_image_tensor"],
     },
 )
 
@@ -75,4 +76,4 @@ if TYPE_CHECKING:
         spearman,
     )
     from .plot import plot_metrics
-    from .scorers import CONCEPT_SCORERS, DISTANCES, ClipScore, resolve_scorer, to_image_tensor
+    from .scorers import CONCEPT_SCORERS, DISTANCES, ClipScore, outside_mask, resolve_scorer, to_image_tensor

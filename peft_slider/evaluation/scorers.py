@@ -23,7 +23,8 @@ Built-in distances:
 | `ssim` | `(1 - SSIM) / 2` on luminance, 7x7 box windows, `C1 = 0.01^2`, `C2 = 0.03^2`: 0 for the same structure, 1 for inverted |
 | `mae` | mean absolute pixel difference |
 
-Optional: [`ClipScore`] scores text-image similarity with a CLIP model from a local folder (never downloaded).
+[`outside_mask`] turns any distance into one that sees only what changes outside the concept's region (preservation
+"outside the concept"). Optional: [`ClipScore`] scores text-image similarity with a CLIP model from a local folder (never downloaded).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CONCEPT_SCORERS", "DISTANCES", "ClipScore", "resolve_scorer", "to_image_tensor"]
+__all__ = ["CONCEPT_SCORERS", "DISTANCES", "ClipScore", "outside_mask", "resolve_scorer", "to_image_tensor"]
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -128,6 +129,43 @@ CONCEPT_SCORERS: dict[str, Callable[[torch.Tensor], float]] = {
 
 DISTANCES: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {"mae": mae_distance, "ssim": ssim_distance}
 """The built-in preservation distances by name (see the module docstring)."""
+
+
+def outside_mask(distance: str | Callable, mask: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """A distance that ignores the concept's region: inside `mask` the image is replaced by the reference first.
+
+    Args:
+        distance (`str` or `callable`):
+            A built-in distance name or `callable(image, reference) -> float`.
+        mask (`torch.Tensor`):
+            `(H, W)` weights in [0, 1], 1 where the concept lives (a face for a smile slider).
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from peft_slider.evaluation import outside_mask
+    >>> mask = torch.zeros(8, 8)
+    >>> mask[:, :4] = 1  # the concept lives in the left half
+    >>> reference, image = torch.zeros(3, 8, 8), torch.zeros(3, 8, 8)
+    >>> image[:, :, :4] = 1.0  # only the left half changed
+    >>> outside_mask("mae", mask)(image, reference)
+    0.0
+
+    ```
+    """
+    name, function = resolve_scorer(distance, kind="distance")
+    mask = torch.as_tensor(mask, dtype=torch.float32)
+    if mask.ndim != 2 or not bool(((mask >= 0) & (mask <= 1)).all()):
+        raise ValueError(f"`mask` must be an (H, W) tensor of weights in [0, 1], got shape {tuple(mask.shape)}.")
+
+    def masked(image: torch.Tensor, reference: torch.Tensor) -> float:
+        if image.shape[-2:] != mask.shape:
+            raise ValueError(f"`mask` is {tuple(mask.shape)} but the images are {tuple(image.shape[-2:])}.")
+        return function(image * (1 - mask) + reference * mask, reference)
+
+    masked.__name__ = f"{name} outside mask"
+    return masked
 
 
 def resolve_scorer(scorer: str | Callable, *, kind: str = "concept") -> tuple[str, Callable]:
