@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "peft_slider"
 
 # The rooms, bottom to top: a room imports from the rooms before it, never from one after it (see ARCHITECTURE.md).
-ROOMS = ("utils", "targeting", "training", "formats", "inference", "testing", "cli")
+ROOMS = ("utils", "targeting", "training", "formats", "inference", "evaluation", "testing", "cli")
 # Room edges that still run backwards, each with the change that removes it.
 KNOWN_BACK_EDGES = {
     # `add_assistant_adapter` reads PEFT folders with `formats.files`; goes away when adapters.py's assistant loading

@@ -107,6 +107,93 @@ def _add_verbosity(parser: argparse.ArgumentParser, *, default: object) -> None:
         )
 
 
+def _calibrated_strengths(raw: list[float], calibrated_range: tuple[float, float]) -> list[float]:
+    """Evenly spaced calibrated strengths (the raw sweep's smallest step) across the calibrated range, holding 0."""
+    step = min(b - a for a, b in zip(raw, raw[1:]))
+    low, high = calibrated_range
+    count_low, count_high = int(-low / step + 1e-9), int(high / step + 1e-9)
+    strengths = [k * step for k in range(-count_low, count_high + 1)]
+    # A range narrower than one step still gets its two ends.
+    return strengths if len(strengths) > 1 else sorted({low, 0.0, high})
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from diffusers import DiffusionPipeline
+
+    from ..evaluation.calibration import write_calibration
+    from ..evaluation.evaluate import evaluate_slider
+    from ..evaluation.metrics import NoEffectError
+    from ..formats.export import load_slider
+    from ..inference.pipeline import enable_sliders
+
+    try:
+        extra = json.loads(args.call)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--call must be a JSON object such as '{{\"max_sequence_length\": 16}}': {error}") from None
+    if not isinstance(extra, dict):
+        raise ValueError(f"--call must be a JSON object such as '{{\"max_sequence_length\": 16}}', got {args.call!r}.")
+    call = {"num_inference_steps": args.steps, **extra}
+    for name in ("height", "width", "guidance_scale"):
+        if getattr(args, name) is not None:
+            call[name] = getattr(args, name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = enable_sliders(DiffusionPipeline.from_pretrained(args.base))
+    pipe.set_progress_bar_config(disable=True)
+    load_slider(pipe, args.slider, adapter_name=args.adapter_name)
+    options = {
+        "seeds": args.seeds,
+        "concept": args.concept,
+        "distance": args.distance,
+        "max_distance": args.max_distance,
+        "slider_start": args.slider_start,
+        "progress": not args.no_progress,
+        **call,
+    }
+    evaluation = evaluate_slider(pipe, args.prompt, strengths=args.strengths, **options)
+    print(evaluation.table())
+    evaluation.save_json(out / "evaluation.json")
+    evaluation.plot(out / "evaluation.png")
+    print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.png'}")
+    if not args.calibrate:
+        return 0 if evaluation.metrics.effect else 1
+    try:
+        strength_map = evaluation.strength_map()
+    except NoEffectError as error:
+        print(f"calibration: {error}")
+        return 1
+    knots = ", ".join(f"{u:+.3f}->{s:+.3f}" for u, s in zip(strength_map.calibrated, strength_map.raw))
+    print(
+        f"\ncalibration: recommended range {evaluation.metrics.recommended_range}, calibrated range "
+        f"({strength_map.range[0]:+.3f}, {strength_map.range[1]:+.3f}); knots (calibrated->raw): {knots}"
+    )
+    strengths = _calibrated_strengths(evaluation.strengths, strength_map.range)
+    calibrated = evaluate_slider(pipe, args.prompt, strengths=strengths, calibrated=strength_map, **options)
+    print("\nre-evaluated at calibrated strengths:\n" + calibrated.table())
+    before, after = evaluation.metrics.range_smoothness, calibrated.metrics.range_smoothness
+    print(
+        f"\nstep evenness within the recommended range (smoothness, 1 = even): raw {before:.4f} -> calibrated {after:.4f}"
+    )
+    calibrated.save_json(out / "evaluation_calibrated.json")
+    calibrated.plot(out / "evaluation_calibrated.png")
+    raw_strengths = [s for s in evaluation.strengths if strength_map.raw_range[0] <= s <= strength_map.raw_range[1]]
+    grid = {"seeds": args.seeds[0], "slider_start": args.slider_start, **call}
+    pipe.sweep_grid(args.prompt, raw_strengths, path=out / "sweep_raw.png", title="raw strengths", **grid)
+    pipe.sweep_grid(
+        args.prompt, strengths, calibrated=strength_map, path=out / "sweep_calibrated.png", title="calibrated", **grid
+    )
+    print(
+        f"wrote {out / 'evaluation_calibrated.json'}, {out / 'evaluation_calibrated.png'}, "
+        f"{out / 'sweep_raw.png'}, {out / 'sweep_calibrated.png'}"
+    )
+    if args.save_calibration:
+        for path in write_calibration(args.slider, evaluation.metrics, strength_map):
+            print(f"wrote the calibration into {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `peft-slider`."""
     parser = argparse.ArgumentParser(prog="peft-slider", description="Concept-slider LoRAs for diffusers and PEFT.")
@@ -159,8 +246,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_verbosity(convert, default=argparse.SUPPRESS)
     convert.set_defaults(handler=_convert, check=None)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="measure a slider: concept range, monotonicity, smoothness, preservation, saturation; calibrate it",
+        description="Sweep a slider over strengths for every prompt and seed (one batched pass each), score the "
+        "concept and the distance to the strength-0 image with built-in scorers (no weights needed), print the "
+        "metrics and write evaluation.json and evaluation.png to --out. With --calibrate also compute the recommended "
+        "range and the calibrated strength map, re-evaluate at even calibrated steps and write raw and calibrated "
+        "sweep grids; --save_calibration stores the map in the slider's files. Exit code 1: the slider has no effect.",
+    )
+    evaluate.add_argument("slider", help="slider file or folder (any format load_slider reads)")
+    evaluate.add_argument("--base", required=True, help="the base pipeline: a local folder or a Hub id")
+    evaluate.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    evaluate.add_argument(
+        "--strengths", type=float, nargs="+", default=[-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
+    )
+    evaluate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    evaluate.add_argument(
+        "--concept",
+        default="brightness",
+        help="concept scorer: brightness, contrast, colorfulness, ink, horizontal_balance, vertical_balance, "
+        "or module:function",
+    )
+    evaluate.add_argument("--distance", default="ssim", help="preservation distance: ssim, mae, or module:function")
+    evaluate.add_argument(
+        "--max_distance",
+        type=float,
+        default=None,
+        help="distance beyond which preservation collapses (saturation); off by default",
+    )
+    evaluate.add_argument("--adapter_name", default="slider")
+    evaluate.add_argument("--slider_start", type=float, default=0.0)
+    evaluate.add_argument("--steps", type=int, default=8, help="denoising steps (default 8)")
+    evaluate.add_argument("--height", type=int, default=None)
+    evaluate.add_argument("--width", type=int, default=None)
+    evaluate.add_argument("--guidance_scale", type=float, default=None)
+    evaluate.add_argument("--call", default="{}", help="further pipeline arguments as a JSON object")
+    evaluate.add_argument("--out", default="slider-evaluation", help="output folder (default slider-evaluation)")
+    evaluate.add_argument("--calibrate", action="store_true", help="compute and check the calibrated strength map")
+    evaluate.add_argument(
+        "--save_calibration", action="store_true", help="with --calibrate: write the map into the slider's files"
+    )
+    evaluate.add_argument("--no_progress", action="store_true", help="no progress bar")
+    _add_verbosity(evaluate, default=argparse.SUPPRESS)
+    evaluate.set_defaults(handler=_evaluate, check=None)
     # Usage errors of a command print that command's usage.
-    for command in (inspect, convert):
+    for command in (inspect, convert, evaluate):
         command.set_defaults(command_parser=command)
     return parser
 

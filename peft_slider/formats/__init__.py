@@ -24,11 +24,13 @@ __all__ = [
     "SliderFile",
     "SliderFileError",
     "SliderMetadata",
+    "StrengthMap",
     "build_model_card",
     "convert_slider",
     "download_slider",
     "from_comfyui_transformer",
     "from_kohya",
+    "get_strength_map",
     "kohya_header",
     "kohya_module_name",
     "load_slider",
@@ -37,6 +39,7 @@ __all__ = [
     "read_safetensors_header",
     "read_slider",
     "save_slider",
+    "set_strength_map",
     "slider_files_to_upload",
     "to_comfyui_transformer",
     "to_kohya",
@@ -68,6 +71,7 @@ __getattr__, __dir__ = lazy_exports(
             "unet_module_name",
         ],
         "metadata": ["HEADER_PREFIX", "SliderMetadata", "public_model_name", "read_safetensors_header"],
+        "strength_map": ["StrengthMap", "get_strength_map", "set_strength_map"],
     },
 )
 
@@ -93,3 +97,4 @@ if TYPE_CHECKING:
         unet_module_name,
     )
     from .metadata import HEADER_PREFIX, SliderMetadata, public_model_name, read_safetensors_header
+    from .strength_map import StrengthMap, get_strength_map, set_strength_map

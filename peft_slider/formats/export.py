@@ -49,6 +49,7 @@ from .files import (
     weights_file,
 )
 from .metadata import SliderMetadata, public_model_name, read_safetensors_header
+from .strength_map import set_strength_map
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -1042,6 +1043,8 @@ def load_slider(
     if strength is not None:
         # What diffusers' set_adapters does per layer, for this adapter only.
         set_weight(adapter_layers(denoiser, adapter_name), adapter_name, strength)
+    # A calibrated slider's strength map, for the pipeline mixin's `calibrated=True`.
+    set_strength_map(denoiser, adapter_name, None if slider.metadata is None else slider.metadata.strength_map)
     return adapter_name
 
 

@@ -221,6 +221,15 @@ def build_model_card(
         "| | |",
         "|---|---|",
         f"| Recommended strength range | {_range_text(metadata.recommended_range)} |",
+        *(
+            [
+                f"| Calibrated strength range | {_range_text(metadata.strength_map.range)}: equal steps give equal "
+                "concept change (`calibrated=True` in the pipeline mixin; `set_adapters` users pass "
+                "`strength_map.strength_for(x)`) |"
+            ]
+            if metadata.strength_map is not None
+            else []
+        ),
         f"| Trained strength range | {_range_text(metadata.trained_strengths)} |",
         f"| Targeting scope | {_markdown_text(metadata.scope or 'not recorded')} |",
         "| Switch on after | "

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..targeting.architectures import SCOPES
 from ..utils.checks import check_finite, is_finite_number
+from .strength_map import StrengthMap
 
 __all__ = ["HEADER_PREFIX", "SliderMetadata", "public_model_name", "read_safetensors_header"]
 
@@ -137,6 +138,9 @@ class SliderMetadata:
             The LoRA rank.
         alpha (`float`, *optional*):
             The LoRA alpha; strength 1 scales the update by `alpha / rank`.
+        strength_map (`StrengthMap`, *optional*):
+            The calibrated strength scale ([`~peft_slider.evaluation.calibrate`]): equal steps of calibrated strength give
+            equal steps of concept change within the recommended range. A dict (as read from JSON) is turned into one.
         peft_slider_version (`str`, *optional*, defaults to the installed version):
             The peft_slider version that wrote the file.
 
@@ -168,6 +172,9 @@ class SliderMetadata:
     )
     rank: int | None = field(default=None, metadata={"help": "LoRA rank."})
     alpha: float | None = field(default=None, metadata={"help": "LoRA alpha."})
+    strength_map: StrengthMap | None = field(
+        default=None, metadata={"help": "Calibrated strength -> raw strength map (see peft_slider.evaluation)."}
+    )
     peft_slider_version: str | None = field(
         default_factory=_package_version, metadata={"help": "peft_slider version that wrote the file."}
     )
@@ -197,6 +204,8 @@ class SliderMetadata:
             raise ValueError(f"`rank` must be a positive int, got {self.rank!r}.")
         if self.alpha is not None:
             self.alpha = _check_number(self.alpha, "alpha")
+        if self.strength_map is not None and not isinstance(self.strength_map, StrengthMap):
+            self.strength_map = StrengthMap.from_dict(self.strength_map)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields that are set, as JSON-ready values (ranges as lists)."""
@@ -205,6 +214,8 @@ class SliderMetadata:
             value = getattr(self, item.name)
             if value is not None:
                 output[item.name] = list(value) if isinstance(value, tuple) else value
+                if isinstance(value, StrengthMap):
+                    output[item.name] = value.to_dict()
         return output
 
     def to_header(self) -> dict[str, str]:

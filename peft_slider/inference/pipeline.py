@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..formats.strength_map import StrengthMap, get_strength_map
 from ..targeting.targets import denoiser_of
 from ..training.adapters import (
     AdapterState,
@@ -150,6 +151,36 @@ def _resolve_weights(
         return dict(strength)
     names = adapter_names if adapter_names is not None else _default_sliders(denoiser)
     return dict.fromkeys(names, strength)
+
+
+def _calibrated_weights(denoiser: nn.Module, weights: dict[str, float], calibrated: Any) -> dict[str, float]:
+    """The raw adapter weights for calibrated strengths (`calibrated=`); `weights` as they are for `False`."""
+    if calibrated is False:
+        return weights
+    if not isinstance(calibrated, (bool, StrengthMap, Mapping)):
+        raise TypeError(
+            "`calibrated` must be True, False, a StrengthMap or a mapping {adapter_name: StrengthMap}, got "
+            f"{type(calibrated).__name__}."
+        )
+    raw = {}
+    for adapter, value in weights.items():
+        if isinstance(calibrated, StrengthMap):
+            strength_map = calibrated
+        elif isinstance(calibrated, Mapping):
+            strength_map = calibrated.get(adapter)
+        else:
+            strength_map = get_strength_map(denoiser, adapter)
+        if not isinstance(strength_map, StrengthMap):
+            raise ValueError(
+                f"`calibrated` asks for the strength map of adapter {adapter!r}, which has none. Calibrate the slider "
+                "(`peft-slider evaluate --calibrate`, or `peft_slider.evaluation.evaluate_slider(...).strength_map()`) "
+                "and load the calibrated file with load_slider, or pass calibrated=StrengthMap(...)."
+            )
+        try:
+            raw[adapter] = strength_map.strength_for(value)
+        except ValueError as error:
+            raise ValueError(f"adapter {adapter!r}: {error}") from None
+    return raw
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -460,6 +491,7 @@ class SliderPipelineMixin:
         strength: StrengthValue,
         adapter_names: str | Sequence[str] | None = None,
         slider_start: float = 0.0,
+        calibrated: bool | StrengthMap | Mapping[str, StrengthMap] = False,
         **call_kwargs: Any,
     ) -> Any:
         """
@@ -475,6 +507,10 @@ class SliderPipelineMixin:
             slider_start (`float`, *optional*, defaults to `0.0`):
                 Fraction of the denoising steps run at strength 0 (the base model) before the slider comes in, in
                 [0, 1): the first `slider_start * steps` steps, rounded half up. Concept Sliders use 0.1-0.35.
+            calibrated (`bool`, `StrengthMap` or `dict[str, StrengthMap]`, *optional*, defaults to `False`):
+                Read strengths as calibrated strengths (see [`~peft_slider.formats.StrengthMap`]): equal steps give
+                equal steps of concept change. `True` uses the map `load_slider` read from each slider's file; a map,
+                or one per adapter name, is used as given. Calibrated 0 is raw 0, the base model.
             **call_kwargs:
                 The pipeline's own arguments (`generator=`, `num_inference_steps=`, ...).
 
@@ -500,7 +536,7 @@ class SliderPipelineMixin:
         denoiser = denoiser_of(self)
         checked = check_strength(strength, where="`strength`")
         names = _named_sliders(denoiser, adapter_names)
-        weights = _resolve_weights(denoiser, checked, names)
+        weights = _calibrated_weights(denoiser, _resolve_weights(denoiser, checked, names), calibrated)
         start = _check_slider_start(slider_start)
         with _SliderCall(self, denoiser, weights=weights, slider_start=start):
             return self(prompt, **call_kwargs)
@@ -612,6 +648,7 @@ class SliderPipelineMixin:
         seed: int = 0,
         one_pass: bool = True,
         slider_start: float = 0.0,
+        calibrated: bool | StrengthMap | Mapping[str, StrengthMap] = False,
         **call_kwargs: Any,
     ) -> list[Any]:
         """
@@ -639,6 +676,10 @@ class SliderPipelineMixin:
                 One batched call; `False` makes one call per strength.
             slider_start (`float`, *optional*, defaults to `0.0`):
                 Fraction of the denoising steps run at strength 0.
+            calibrated (`bool`, `StrengthMap` or `dict[str, StrengthMap]`, *optional*, defaults to `False`):
+                Read strengths as calibrated strengths (see [`~peft_slider.formats.StrengthMap`]): equal steps give
+                equal steps of concept change. `True` uses the map `load_slider` read from each slider's file; a map,
+                or one per adapter name, is used as given. Calibrated 0 is raw 0, the base model.
             **call_kwargs:
                 Further pipeline arguments (not `generator` or `num_images_per_prompt`).
 
@@ -670,7 +711,9 @@ class SliderPipelineMixin:
         start = _check_slider_start(slider_start)
         if not isinstance(one_pass, bool):
             raise TypeError(f"`one_pass` must be True or False, got {one_pass!r}.")
-        plans = [_resolve_weights(denoiser, value, names) for value in checked]
+        plans = [
+            _calibrated_weights(denoiser, _resolve_weights(denoiser, value, names), calibrated) for value in checked
+        ]
 
         if not one_pass:
             images = []
@@ -723,6 +766,7 @@ class SliderPipelineMixin:
         adapter_names: str | Sequence[str] | None = None,
         one_pass: bool = True,
         slider_start: float = 0.0,
+        calibrated: bool | StrengthMap | Mapping[str, StrengthMap] = False,
         title: str | None = None,
         path: str | None = None,
         **call_kwargs: Any,
@@ -737,7 +781,7 @@ class SliderPipelineMixin:
                 The strengths, one column each.
             seeds (`int` or `list[int]`, *optional*, defaults to `0`):
                 The seed(s); several seeds make several rows per prompt.
-            adapter_names, one_pass, slider_start:
+            adapter_names, one_pass, slider_start, calibrated:
                 As for [`~SliderPipelineMixin.sweep`].
             title (`str`, *optional*):
                 A line of text above the grid.
@@ -785,6 +829,7 @@ class SliderPipelineMixin:
                         seed=seed,
                         one_pass=one_pass,
                         slider_start=slider_start,
+                        calibrated=calibrated,
                         **call_kwargs,
                     )
                 )
