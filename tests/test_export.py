@@ -727,11 +727,11 @@ HOSTILE_FILES = {
     "config a list": ("diffusers", _set_header("lora_adapter_metadata", "[1, 2]"), "holds a JSON list"),
     "config a number": ("diffusers", _set_header("lora_adapter_metadata", "3"), "holds a JSON int"),
     "config an int of 5000 digits": ("diffusers", _set_header("lora_adapter_metadata", "9" * 5000), "is not JSON"),
-    "slider alpha of 400 digits": ("diffusers", _set_header("peft_slider.alpha", HUGE_INT), "integer of 401 digits"),
+    "slider alpha of 400 digits": ("diffusers", _set_header("peft_slider.alpha", HUGE_INT), "an int of 401 digits"),
     "range of 400 digits": (
         "diffusers",
         _set_header("peft_slider.recommended_range", f"[0, {HUGE_INT}]"),
-        "integer of 401 digits",
+        "an int of 401 digits",
     ),
     "range overflowing to inf": (
         "diffusers",

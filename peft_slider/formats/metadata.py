@@ -18,7 +18,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from ..targeting.architectures import SCOPES
-from ..utils.checks import check_finite, is_finite_number
+from ..utils.checks import check_finite, is_finite_number, show_value
 from .strength_map import StrengthMap
 
 __all__ = ["HEADER_PREFIX", "SliderMetadata", "public_model_name", "read_safetensors_header"]
@@ -87,9 +87,10 @@ def _check_range(value: Any, name: str) -> tuple[float, float] | None:
     if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__") or len(value) != 2:
         raise ValueError(f"`{name}` must be a (min, max) pair of numbers such as (-2.0, 2.0), got {value!r}.")
     low, high = value
-    for number in (low, high):
-        if not is_finite_number(number):
-            raise ValueError(f"`{name}` must hold two finite numbers such as (-2.0, 2.0), got {value!r}.")
+    if not (is_finite_number(low) and is_finite_number(high)):
+        raise ValueError(
+            f"`{name}` must hold two finite numbers such as (-2.0, 2.0), got {show_value(low)} and {show_value(high)}."
+        )
     low, high = _check_number(low, name), _check_number(high, name)
     if low > high:
         raise ValueError(f"`{name}` must be (min, max) with min <= max, got {value!r}; swap the two numbers.")
