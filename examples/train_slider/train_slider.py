@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1183,9 +1184,18 @@ class SliderTraining:
             metadata = self.metadata()
             self.denoiser.eval()
             staging = stage_folder(self.output_dir / "slider")
-            slider_files = save_slider(
-                self.pipe, staging, adapter_name=args.adapter_name, metadata=metadata, comfyui=args.comfyui
-            )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                slider_files = save_slider(
+                    self.pipe, staging, adapter_name=args.adapter_name, metadata=metadata, comfyui=args.comfyui
+                )
+            for warning in caught:
+                # A local base model is the usual case here (the toy run's, a downloaded folder): what the slider
+                # records instead is information, not a problem; anything else stays a warning.
+                level = (
+                    logging.INFO if "is a local path; the slider records" in str(warning.message) else logging.WARNING
+                )
+                logger.log(level, "%s", warning.message)
             title = f"{args.concept or 'slider'} - {self.family.name}, step {self.state.global_step}"
             with accelerator.autocast():  # frozen weights in fp16/bf16, the slider's in float32
                 sweep = render_sweep(self.pipe, self.family, args, staging / "sweep.png", title=title)
