@@ -386,7 +386,9 @@ def _write_comfyui(slider: SliderFile, path: Path) -> Path:
             )
         )
     else:
-        tensors = kohya.to_comfyui_transformer(slider.tensors, scales)
+        names, native_only = kohya.COMFYUI_NAMES.get(slider.architecture or "", ()), layout == "native"
+        tensors = kohya.to_comfyui_transformer(slider.tensors, scales, names=names, native_only=native_only)
+        header.update(kohya.comfyui_names_header(slider.tensors, names, native_only=native_only))
     _atomic_save(tensors, path, header)
     return path
 
@@ -626,6 +628,14 @@ def read_slider(
         _check_lora_tensors(tensors, source)
         config = _read_peft_config(path, source)
         return SliderFile(tensors, _lora_config_dict(config), metadata, source, "peft")
+    if keys and any(key.startswith(kohya.NATIVE_PREFIX) for key in keys):
+        # A ComfyUI file with modules under their original names (`diffusion_model.`), the rest `transformer.`.
+        try:
+            tensors, alphas = kohya.from_comfyui_transformer(tensors, header=header)
+        except ValueError as error:
+            raise SliderFileError(f"{source}: {error}") from None
+        _check_lora_tensors(tensors, source)
+        return SliderFile(tensors, _config_from_alphas(tensors, alphas), metadata, source, "comfyui", "transformer")
     for component in ("unet", "transformer"):
         prefix = component + "."
         if keys and all(key.startswith(prefix) for key in keys):
