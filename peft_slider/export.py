@@ -241,8 +241,8 @@ def _slider_from_model(model: nn.Module, adapter_name: str, metadata: SliderMeta
     config = configs[adapter_name]
     if not isinstance(config, LoraConfig):
         raise ValueError(
-            f"Adapter {adapter_name!r} is a {type(config).__name__}; save_slider writes LoRA sliders. Use PEFT's "
-            "`model.save_pretrained(...)` for LoKr/LoHa adapters."
+            f"Adapter {adapter_name!r} is a {type(config).__name__}; save_slider writes LoRA, LoKr and LoHa sliders. "
+            "Use PEFT's `model.save_pretrained(...)` for other adapters."
         )
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)
     tensors = {key.removeprefix(_PEFT_PREFIX): value.detach().cpu().contiguous() for key, value in state.items()}
@@ -497,6 +497,17 @@ def save_slider(
     if metadata is not None and not isinstance(metadata, SliderMetadata):
         raise TypeError(f"`metadata` must be a SliderMetadata or None, got {type(metadata).__name__}.")
     denoiser, own_pipeline_class = _denoiser_and_pipeline_class(model_or_pipe)
+    from . import lycoris
+
+    if lycoris.lycoris_type((getattr(denoiser, "peft_config", None) or {}).get(adapter_name)) is not None:
+        return lycoris.save_lycoris_slider(
+            denoiser,
+            Path(save_directory),
+            adapter_name=adapter_name,
+            formats=chosen,
+            metadata=metadata,
+            class_name=_class_name(denoiser),
+        )
     slider = _slider_from_model(denoiser, adapter_name, metadata)
     component = None if own_pipeline_class is None else denoiser_attr(model_or_pipe)
     return _write(
@@ -819,6 +830,11 @@ def load_slider(
         )
     denoiser = denoiser_of(pipe)
     source = _resolve_source(path_or_repo, weight_name, token=token, revision=revision, endpoint=endpoint)
+    from . import lycoris
+
+    found = lycoris.read_lycoris_slider(source / weight_name if weight_name and source.is_dir() else source)
+    if found is not None:  # a LoKr/LoHa slider: PEFT loads it, diffusers has no loader for it
+        return lycoris.load_lycoris_slider(pipe, found[0], found[1], adapter_name=adapter_name, strength=strength)
     slider = read_slider(
         source, weight_name=weight_name, module_names=[name for name, _ in denoiser.named_modules() if name]
     )
@@ -902,6 +918,11 @@ def convert_slider(
     """
     if to not in FORMATS:
         raise ValueError(f"`to` must be one of {FORMATS}, got {to!r}.")
+    from . import lycoris
+
+    found = lycoris.read_lycoris_slider(Path(src, weight_name) if weight_name else Path(src))
+    if found is not None:
+        return lycoris.convert_lycoris_slider(*found, Path(dst), to=to)
     slider = read_slider(src, weight_name=weight_name)
     if architecture is not None:
         from .targets import TargetingError, find_architecture

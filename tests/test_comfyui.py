@@ -28,10 +28,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
+from torch import nn
 
-from peft_slider import SliderLoraConfig, SliderScaler
+from peft_slider import SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig, SliderScaler
 from peft_slider.architectures import ARCHITECTURES, FAMILY_ALIASES
 from peft_slider.export import save_slider
 from peft_slider.full_size import build_meta_model
@@ -213,16 +214,25 @@ def _comfyui_model(comfy, family):
     return patcher, mapping, model
 
 
-def _materialise_lora(model, adapter):
-    """Random LoRA matrices on CPU for an adapter injected into a meta-device model; B is not zero."""
+def _materialise_adapter(model, adapter):
+    """Random adapter weights on CPU for an adapter injected into a meta-device model (LoRA B is not zero)."""
     generator = torch.Generator().manual_seed(0)
     layers = {}
     for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and adapter in module.lora_A:
-            for part in (module.lora_A[adapter], module.lora_B[adapter]):
-                part.to_empty(device="cpu")
-                with torch.no_grad():
-                    part.weight.copy_(torch.randn(part.weight.shape, generator=generator) * 0.1)
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        for attr in module.adapter_layer_names:
+            container = getattr(module, attr)
+            if adapter not in container:
+                continue
+            shape = (
+                container[adapter].weight.shape if isinstance(container, nn.ModuleDict) else container[adapter].shape
+            )
+            weight = nn.Parameter(torch.randn(shape, generator=generator) * 0.1)
+            if isinstance(container, nn.ModuleDict):
+                container[adapter].weight = weight
+            else:
+                container[adapter] = weight
             layers[name] = module
     return layers
 
@@ -247,12 +257,30 @@ def _cases() -> list[tuple[str, str]]:
     return cases
 
 
-@pytest.mark.parametrize("family, scope", _cases())
-def test_comfyui_loads_the_comfyui_file_exactly(comfy, family, scope, tmp_path, caplog):
+def _lycoris_cases() -> list[tuple[str, str, str]]:
+    """LoKr and LoHa on each layout: kohya UNet keys, `transformer.` keys, and Chroma's `diffusion_model.` names."""
+    return [
+        ("sd15", "visual", "lokr"),
+        ("sdxl", "visual", "loha"),
+        ("flux", "visual", "loha"),
+        ("chroma", "visual", "lokr"),
+        ("zimage", "visual", "lokr"),
+        ("qwenimage", "visual", "loha"),
+    ]
+
+
+ADAPTERS = {
+    "lora": lambda **kwargs: SliderLoraConfig(r=4, lora_alpha=8, **kwargs),
+    "lokr": lambda **kwargs: SliderLoKrConfig(r=4, alpha=8, **kwargs),
+    "loha": lambda **kwargs: SliderLoHaConfig(r=4, alpha=8, **kwargs),
+}
+
+
+@pytest.mark.parametrize("family, scope, kind", [(*case, "lora") for case in _cases()] + _lycoris_cases())
+def test_comfyui_loads_the_comfyui_file_exactly(comfy, family, scope, kind, tmp_path, caplog):
     patcher, mapping, model = _comfyui_model(comfy, family)
-    config = SliderLoraConfig(r=4, lora_alpha=8, model=model, scope=scope)
-    model.add_adapter(config, adapter_name="s")
-    layers = _materialise_lora(model, "s")
+    model.add_adapter(ADAPTERS[kind](model=model, scope=scope), adapter_name="s")
+    layers = _materialise_adapter(model, "s")
     path = save_slider(model, tmp_path, adapter_name="s", formats=["comfyui"])["comfyui"]
     lora = load_file(path)
 
