@@ -393,6 +393,17 @@ def _write_comfyui(slider: SliderFile, path: Path) -> Path:
     return path
 
 
+def _with_unit_scale(slider: SliderFile) -> SliderFile:
+    """The slider with each module's scale baked into `lora_B` and alpha = rank: a reader that ignores the LoRA config
+    (ComfyUI reads a diffusers file at scale 1) still gets the trained strength, and diffusers gets the same."""
+    config = dict(slider.config)
+    config.update(
+        lora_alpha=config.get("r", 8), alpha_pattern=dict(config.get("rank_pattern") or {}), use_rslora=False
+    )
+    tensors = kohya.to_comfyui_transformer(slider.tensors, slider.scales(), prefix="")
+    return dataclasses.replace(slider, tensors=tensors, config=config)
+
+
 def _check_formats(formats: Any, comfyui: bool) -> list[str]:
     if isinstance(formats, str):
         formats = (formats,)
@@ -432,7 +443,9 @@ def _write(
     paths = {}
     for name in formats:
         if name == "diffusers":
-            paths[name] = _write_diffusers(slider, directory, pipeline_class=pipeline_class, component=component)
+            paths[name] = _write_diffusers(
+                _with_unit_scale(slider), directory, pipeline_class=pipeline_class, component=component
+            )
         elif name == "peft":
             paths[name] = _write_peft(slider, directory)
         else:

@@ -278,10 +278,26 @@ ADAPTERS = {
 
 @pytest.mark.parametrize("family, scope, kind", [(*case, "lora") for case in _cases()] + _lycoris_cases())
 def test_comfyui_loads_the_comfyui_file_exactly(comfy, family, scope, kind, tmp_path, caplog):
+    _check_file_in_comfyui(comfy, family, scope, kind, "comfyui", tmp_path, caplog)
+
+
+# The DiTs whose diffusers names ComfyUI maps (`transformer.<name>`): the diffusers file reads there too. (UNet files
+# name attention `unet.<...>.to_q`, which ComfyUI maps only in the old `processor.to_q` form; Chroma's guidance layer
+# and Lumina 2 have no `transformer.` names in ComfyUI.)
+DIFFUSERS_FILE_FAMILIES = ("sd3", "flux", "auraflow", "zimage", "qwenimage", "hidream", "kandinsky5")
+
+
+@pytest.mark.parametrize("family", DIFFUSERS_FILE_FAMILIES)
+def test_comfyui_loads_the_diffusers_file_at_the_trained_scale(comfy, family, tmp_path, caplog):
+    """ComfyUI ignores `lora_adapter_metadata`: the diffusers file must carry its scale in the weights (alpha = r)."""
+    _check_file_in_comfyui(comfy, family, "visual", "lora", "diffusers", tmp_path, caplog)
+
+
+def _check_file_in_comfyui(comfy, family, scope, kind, file_format, tmp_path, caplog):
     patcher, mapping, model = _comfyui_model(comfy, family)
     model.add_adapter(ADAPTERS[kind](model=model, scope=scope), adapter_name="s")
     layers = _materialise_adapter(model, "s")
-    path = save_slider(model, tmp_path, adapter_name="s", formats=["comfyui"])["comfyui"]
+    path = save_slider(model, tmp_path, adapter_name="s", formats=[file_format])[file_format]
     lora = load_file(path)
 
     unmapped = sorted(f"{name}.weight" for name in layers if f"{name}.weight" not in mapping)
@@ -305,7 +321,13 @@ def test_comfyui_loads_the_comfyui_file_exactly(comfy, family, scope, kind, tmp_
                     )
                     expected = layers[name].get_delta_weight("s")
                     # float32 products of rank-4 matrices, summed in another order (baked scale, fused blocks).
-                    torch.testing.assert_close(got, expected.reshape(got.shape), atol=1e-6, rtol=1e-5, msg=name)
+                    torch.testing.assert_close(
+                        got,
+                        expected.reshape(got.shape),
+                        atol=1e-6,
+                        rtol=1e-5,
+                        msg=lambda text, name=name: f"{name}: {text}",
+                    )
                     mask.fill_(True)
                 # Rows of a fused native weight that no adapted module owns stay untouched.
                 assert not delta[~covered].any(), f"{native}: ComfyUI changes rows PEFT does not adapt"
