@@ -300,21 +300,25 @@ def read_lycoris_slider(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     except ValueError:
         return None
     source = repr(str(path))
-    if HEADER_KEY in header:
+    config = None
+    if HEADER_KEY not in header:
         try:
-            tensors, config = from_comfyui_lycoris(load_file(str(path)), header)
-        except ValueError as error:
-            raise SliderFileError(f"{source}: {error}") from None
-    else:
-        config_path = path.with_name(PEFT_CONFIG_NAME)
-        try:
-            config = json.loads(config_path.read_text())
+            config = json.loads(path.with_name(PEFT_CONFIG_NAME).read_text())
         except (OSError, ValueError):
             return None
         if lycoris_type(config) is None or path.name != PEFT_WEIGHT_NAME:
             return None
-        tensors = {key.removeprefix(_PEFT_PREFIX): value for key, value in load_file(str(path)).items()}
     try:
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for truncated or corrupted data
+        raise SliderFileError(
+            f"{source} is not a readable safetensors file (truncated or corrupted): {error}"
+        ) from None
+    try:
+        if config is None:
+            tensors, config = from_comfyui_lycoris(tensors, header)
+        else:
+            tensors = {key.removeprefix(_PEFT_PREFIX): value for key, value in tensors.items()}
         _split(tensors, lycoris_type(config))
         metadata = SliderMetadata.from_header(header)
     except ValueError as error:

@@ -95,3 +95,14 @@ def test_lycoris_cannot_be_fused_for_comfyui():
             layout="native",
             names=COMFYUI_NAMES["Lumina2Transformer2DModel"],
         )
+
+
+def test_truncated_lycoris_file_is_a_slider_file_error(tmp_path):
+    from peft_slider.export import SliderFileError
+
+    pipe, _, _ = _trained("sd15", "loha")
+    path = save_slider(pipe, tmp_path, adapter_name="slider", formats=["comfyui"])["comfyui"]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(SliderFileError, match="not a readable safetensors file"):
+        load_slider(build_tiny_pipeline("sd15"), path, adapter_name="x")
