@@ -5,7 +5,8 @@ Formats:
 
 - ``"diffusers"``: `pytorch_lora_weights.safetensors`, written by the pipeline class's own `save_lora_weights` (keys
   `unet.<module>...` or `transformer.<module>...`, the LoRA config under the `lora_adapter_metadata` header key), so
-  `pipe.load_lora_weights(folder)` loads it at the trained scale. A raw PEFT file does not load there.
+  `pipe.load_lora_weights(folder)` loads it at the trained scale. A raw PEFT file does not load there. The scale is
+  baked into `lora_B` (alpha = rank), so readers that ignore the config (ComfyUI) get the trained strength too.
 - ``"peft"``: `adapter_config.json` + `adapter_model.safetensors`, for `PeftModel.from_pretrained`.
 - ``"comfyui"``: one `.safetensors` file in the layout ComfyUI/A1111 read for the family (see `peft_slider.kohya`).
 
@@ -475,7 +476,8 @@ def save_slider(
             The adapter to save.
         formats (`Sequence[str]`, *optional*, defaults to `("diffusers", "peft")`):
             Any of ``"diffusers"`` (`pytorch_lora_weights.safetensors`), ``"peft"`` (`adapter_config.json` +
-            `adapter_model.safetensors`) and ``"comfyui"``; both first ones can share a folder.
+            `adapter_model.safetensors`) and ``"comfyui"``; both first ones can share a folder. A LoKr/LoHa adapter
+            has no diffusers format: save it with ``("peft", "comfyui")`` (see `peft_slider.lycoris`).
         metadata (`SliderMetadata`, *optional*):
             Slider metadata; architecture, rank, alpha and base model are filled in from the model when unset.
         comfyui (`bool`, *optional*, defaults to `False`):
