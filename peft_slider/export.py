@@ -849,7 +849,7 @@ def load_slider(
 
     found = lycoris.read_lycoris_slider(source / weight_name if weight_name and source.is_dir() else source)
     if found is not None:  # a LoKr/LoHa slider: PEFT loads it, diffusers has no loader for it
-        return lycoris.load_lycoris_slider(pipe, found[0], found[1], adapter_name=adapter_name, strength=strength)
+        return lycoris.load_lycoris_slider(pipe, *found, adapter_name=adapter_name, strength=strength)
     slider = read_slider(
         source, weight_name=weight_name, module_names=[name for name, _ in denoiser.named_modules() if name]
     )

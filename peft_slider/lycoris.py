@@ -327,15 +327,31 @@ def read_lycoris_slider(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 
 def load_lycoris_slider(
-    pipe: Any, tensors: dict[str, torch.Tensor], config: dict[str, Any], *, adapter_name: str, strength: float | None
+    pipe: Any,
+    tensors: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    metadata: SliderMetadata | None,
+    *,
+    adapter_name: str,
+    strength: float | None,
 ) -> str:
     """Adds a LoKr/LoHa slider to the pipeline's denoiser with PEFT; adapters that were active stay active."""
     from peft import set_peft_model_state_dict
 
     from .adapters import _adapter_layers, _AdapterState, _set_active, _set_weight, active_adapter_names
-    from .targets import denoiser_of
+    from .targets import TargetingError, denoiser_of, find_architecture
 
     denoiser = denoiser_of(pipe)
+    try:
+        class_name = find_architecture(denoiser).class_name
+    except (TargetingError, TypeError):
+        class_name = type(denoiser).__name__
+    architecture = None if metadata is None else metadata.architecture
+    if architecture is not None and architecture != class_name:
+        raise SliderFileError(
+            f"The slider is for {architecture}, but this pipeline's denoiser is a {class_name}. Load it into a "
+            "pipeline of its own family."
+        )
     peft_type = lycoris_type(config)
     plain = _plain_config(config, peft_type)
     previously_active = active_adapter_names(denoiser)

@@ -106,3 +106,14 @@ def test_truncated_lycoris_file_is_a_slider_file_error(tmp_path):
     path.write_bytes(data[: len(data) - 100])
     with pytest.raises(SliderFileError, match="not a readable safetensors file"):
         load_slider(build_tiny_pipeline("sd15"), path, adapter_name="x")
+
+
+def test_lycoris_slider_for_another_architecture_is_refused(tmp_path):
+    from peft_slider.export import SliderFileError
+
+    pipe, _, _ = _trained("sd15", "lokr")
+    save_slider(pipe, tmp_path, adapter_name="slider", formats=["peft"])
+    other = build_tiny_pipeline("flux")
+    with pytest.raises(SliderFileError, match="is for UNet2DConditionModel, but this pipeline's denoiser is a Flux"):
+        load_slider(other, tmp_path, adapter_name="x")
+    assert not getattr(other.transformer, "peft_config", None)  # nothing half-loaded
