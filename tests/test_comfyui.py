@@ -56,6 +56,11 @@ FAMILIES = {
     "kandinsky5": ("Kandinsky5", "same"),
 }
 STRENGTHS = (1.0, -1.5)
+# Real-size configs where the diffusers class default is no released model: Kandinsky5Transformer3DModel() has 4 latent
+# channels, ComfyUI's Kandinsky 5 the released models' 16. This is Kandinsky 5.0 T2V Lite (ComfyUI's defaults too).
+REAL_CONFIGS = {
+    "kandinsky5": {"in_visual_dim": 16, "out_visual_dim": 16, "model_dim": 1792, "ff_dim": 7168, "visual_cond": True},
+}
 
 
 class _StubModule(types.ModuleType):
@@ -161,6 +166,9 @@ def _comfyui_model(comfy, family):
     """(ComfyUI model patcher on the meta device, {diffusers weight: (native weight, offset)}, diffusers model)."""
     expected_class, naming = FAMILIES[family]
     model, _ = build_meta_model(family)
+    if family in REAL_CONFIGS:
+        with torch.device("meta"):
+            model = type(model).from_config(REAL_CONFIGS[family])
     diffusers_sd = model.state_dict()
     detection = comfy.model_detection
     if naming == "unet":
