@@ -20,6 +20,8 @@ from peft_slider import SliderLoraConfig
 from peft_slider.formats.export import save_slider
 from peft_slider.formats.kohya import (
     COMFYUI_LAYOUTS,
+    COMFYUI_NAMES,
+    comfyui_names_header,
     from_comfyui_transformer,
     from_kohya,
     to_comfyui_transformer,
@@ -154,6 +156,68 @@ def test_pure_functions_round_trip():
     assert from_comfyui_transformer(with_alpha)[1] == {"x": 1.0}
 
 
+def _lumina2_state(rank: int = 3) -> dict[str, torch.Tensor]:
+    """LoRA matrices with Lumina 2's shapes in one layer (q: 2304 rows, k/v: 768, GQA), plus a non-fused module."""
+    generator = torch.Generator().manual_seed(0)
+    rows = {"layers.0.attn.to_q": 2304, "layers.0.attn.to_k": 768, "layers.0.attn.to_v": 768, "x_embedder": 2304}
+    columns = {"x_embedder": 64}
+    state = {}
+    for module, out in rows.items():
+        state[f"{module}.lora_A.weight"] = torch.randn(rank, columns.get(module, 2304), generator=generator)
+        state[f"{module}.lora_B.weight"] = torch.randn(out, rank, generator=generator)
+    return state
+
+
+def test_fused_original_names_hold_the_exact_delta_and_read_back():
+    state = _lumina2_state()
+    names = COMFYUI_NAMES["Lumina2Transformer2DModel"]
+    scales = {"layers.0.attn.to_q": 0.5, "layers.0.attn.to_k": 2.0, "layers.0.attn.to_v": -1.0, "x_embedder": 1.5}
+    tensors = to_comfyui_transformer(state, scales, names=names, native_only=True)
+    assert set(tensors) == {
+        f"diffusion_model.{name}.lora_{part}.weight"
+        for name in ("layers.0.attention.qkv", "x_embedder")
+        for part in "AB"
+    }
+    fused = tensors["diffusion_model.layers.0.attention.qkv.lora_B.weight"].double()
+    fused = fused @ tensors["diffusion_model.layers.0.attention.qkv.lora_A.weight"].double()
+    expected = torch.cat(
+        [
+            state[f"layers.0.attn.to_{p}.lora_B.weight"].double()
+            @ state[f"layers.0.attn.to_{p}.lora_A.weight"].double()
+            * scales[f"layers.0.attn.to_{p}"]
+            for p in "qkv"
+        ]
+    )
+    # float32 B * scale, then an exact float64 product: only the one rounding of the baked scale.
+    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-6)
+
+    header = comfyui_names_header(state, names, native_only=True)
+    back, alphas = from_comfyui_transformer(tensors, header=header)
+    assert back.keys() == state.keys() and set(alphas.values()) == {3.0}  # alpha = rank: the scale is in lora_B
+    for module, scale in scales.items():
+        torch.testing.assert_close(back[f"{module}.lora_A.weight"], state[f"{module}.lora_A.weight"], atol=0, rtol=0)
+        torch.testing.assert_close(back[f"{module}.lora_B.weight"], state[f"{module}.lora_B.weight"] * scale)
+
+
+def test_chroma_guidance_layer_keeps_its_name_under_diffusion_model():
+    state = {
+        "distilled_guidance_layer.in_proj.lora_A.weight": torch.ones(2, 64),
+        "distilled_guidance_layer.in_proj.lora_B.weight": torch.ones(5120, 2),
+        "proj_out.lora_A.weight": torch.ones(2, 3072),
+        "proj_out.lora_B.weight": torch.ones(64, 2),
+    }
+    names = COMFYUI_NAMES["ChromaTransformer2DModel"]
+    tensors = to_comfyui_transformer(state, {"distilled_guidance_layer.in_proj": 1.0, "proj_out": 1.0}, names=names)
+    assert sorted(tensors) == [
+        "diffusion_model.distilled_guidance_layer.in_proj.lora_A.weight",
+        "diffusion_model.distilled_guidance_layer.in_proj.lora_B.weight",
+        "transformer.proj_out.lora_A.weight",
+        "transformer.proj_out.lora_B.weight",
+    ]
+    back, _ = from_comfyui_transformer(tensors, header=comfyui_names_header(state, names))
+    assert back.keys() == state.keys()
+
+
 BAD_INPUTS = {
     "kohya key outside the layout": (
         lambda: from_kohya({"lora_unet_x.weight": torch.zeros(1)}),
@@ -185,6 +249,30 @@ BAD_INPUTS = {
         lambda: to_comfyui_transformer({"a.lora_A.weight": torch.zeros(1, 1)}, {"a": 1.0}),
         "no lora_B",
     ),
+    "fused weight adapted in part": (
+        lambda: to_comfyui_transformer(
+            {k: v for k, v in _lumina2_state().items() if "to_k" not in k},
+            dict.fromkeys(["layers.0.attn.to_q", "layers.0.attn.to_v", "x_embedder"], 1.0),
+            names=COMFYUI_NAMES["Lumina2Transformer2DModel"],
+        ),
+        "one fused weight made of 3 diffusers modules",
+    ),
+    "native layout, module without an original name": (
+        lambda: to_comfyui_transformer(
+            {
+                "layers.0.attn.norm_q.lora_A.weight": torch.ones(1, 2),
+                "layers.0.attn.norm_q.lora_B.weight": torch.ones(2, 1),
+            },
+            {"layers.0.attn.norm_q": 1.0},
+            names=COMFYUI_NAMES["Lumina2Transformer2DModel"],
+            native_only=True,
+        ),
+        "have none in the architecture table",
+    ),
+    "original names without the header": (
+        lambda: from_comfyui_transformer({"diffusion_model.x_embedder.lora_A.weight": torch.ones(1, 2)}),
+        "only files peft_slider wrote",
+    ),
     "transformer file with another prefix": (
         lambda: from_comfyui_transformer({"unet.a.lora_A.weight": torch.zeros(1, 1)}),
         "does not start with 'transformer.'",
@@ -207,7 +295,7 @@ def test_layouts_and_loaders_come_from_the_architecture_table():
     from peft_slider.targeting.architectures import ARCHITECTURES
 
     assert COMFYUI_LAYOUTS == {name: row.comfyui_layout for name, row in ARCHITECTURES.items() if row.comfyui_layout}
-    assert set(COMFYUI_LAYOUTS.values()) == {"kohya", "transformer"}
+    assert set(COMFYUI_LAYOUTS.values()) == {"kohya", "transformer", "native"}
     assert COMFYUI_LAYOUTS["UNet2DConditionModel"] == "kohya"
     for name, row in ARCHITECTURES.items():
         assert row.component in ("unet", "transformer", "prior"), name

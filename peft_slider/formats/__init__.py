@@ -15,10 +15,13 @@ from ..utils.imports import lazy_exports
 
 __all__ = [
     "COMFYUI_LAYOUTS",
+    "COMFYUI_NAMES",
     "DIFFUSERS_WEIGHT_NAME",
     "FORMATS",
+    "HEADER_KEY",
     "HEADER_PREFIX",
     "HubError",
+    "LYCORIS_WEIGHTS",
     "PEFT_CONFIG_NAME",
     "PEFT_WEIGHT_NAME",
     "SliderFile",
@@ -26,8 +29,10 @@ __all__ = [
     "SliderMetadata",
     "StrengthMap",
     "build_model_card",
+    "comfyui_names_header",
     "convert_slider",
     "download_slider",
+    "from_comfyui_lycoris",
     "from_comfyui_transformer",
     "from_kohya",
     "get_strength_map",
@@ -41,6 +46,7 @@ __all__ = [
     "save_slider",
     "set_strength_map",
     "slider_files_to_upload",
+    "to_comfyui_lycoris",
     "to_comfyui_transformer",
     "to_kohya",
     "unet_module_name",
@@ -62,6 +68,8 @@ __getattr__, __dir__ = lazy_exports(
         ],
         "kohya": [
             "COMFYUI_LAYOUTS",
+            "COMFYUI_NAMES",
+            "comfyui_names_header",
             "from_comfyui_transformer",
             "from_kohya",
             "kohya_header",
@@ -70,6 +78,7 @@ __getattr__, __dir__ = lazy_exports(
             "to_kohya",
             "unet_module_name",
         ],
+        "lycoris": ["HEADER_KEY", "LYCORIS_WEIGHTS", "from_comfyui_lycoris", "to_comfyui_lycoris"],
         "metadata": ["HEADER_PREFIX", "SliderMetadata", "public_model_name", "read_safetensors_header"],
         "strength_map": ["StrengthMap", "get_strength_map", "set_strength_map"],
     },
@@ -88,6 +97,8 @@ if TYPE_CHECKING:
     )
     from .kohya import (
         COMFYUI_LAYOUTS,
+        COMFYUI_NAMES,
+        comfyui_names_header,
         from_comfyui_transformer,
         from_kohya,
         kohya_header,
@@ -96,5 +107,6 @@ if TYPE_CHECKING:
         to_kohya,
         unet_module_name,
     )
+    from .lycoris import HEADER_KEY, LYCORIS_WEIGHTS, from_comfyui_lycoris, to_comfyui_lycoris
     from .metadata import HEADER_PREFIX, SliderMetadata, public_model_name, read_safetensors_header
     from .strength_map import StrengthMap, get_strength_map, set_strength_map

@@ -5,7 +5,8 @@ Formats:
 
 - ``"diffusers"``: `pytorch_lora_weights.safetensors`, written by the pipeline class's own `save_lora_weights` (keys
   `unet.<module>...` or `transformer.<module>...`, the LoRA config under the `lora_adapter_metadata` header key), so
-  `pipe.load_lora_weights(folder)` loads it at the trained scale. A raw PEFT file does not load there.
+  `pipe.load_lora_weights(folder)` loads it at the trained scale. A raw PEFT file does not load there. The scale is
+  baked into `lora_B` (alpha = rank), so readers that ignore the config (ComfyUI) get the trained strength too.
 - ``"peft"``: `adapter_config.json` + `adapter_model.safetensors`, for `PeftModel.from_pretrained`.
 - ``"comfyui"``: one `.safetensors` file in the layout ComfyUI/A1111 read for the family (see `peft_slider.formats.kohya`).
 
@@ -44,6 +45,7 @@ from .files import (
     PEFT_WEIGHT_NAME,
     SAVE_ID_KEY,
     SliderFileError,
+    comfyui_file_name,
     load_tensors,
     read_peft_config,
     weights_file,
@@ -293,8 +295,8 @@ def _slider_from_model(model: nn.Module, adapter_name: str, metadata: SliderMeta
     config = configs[adapter_name]
     if not isinstance(config, LoraConfig):
         raise ValueError(
-            f"Adapter {adapter_name!r} is a {type(config).__name__}; save_slider writes LoRA sliders. Use PEFT's "
-            "`model.save_pretrained(...)` for LoKr/LoHa adapters."
+            f"Adapter {adapter_name!r} is a {type(config).__name__}; save_slider writes LoRA, LoKr and LoHa sliders. "
+            "Use PEFT's `model.save_pretrained(...)` for other adapters."
         )
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)
     tensors = {key.removeprefix(PEFT_PREFIX): value.detach().cpu().contiguous() for key, value in state.items()}
@@ -421,13 +423,6 @@ def _write_peft(slider: SliderFile, directory: Path) -> Path:
     return path
 
 
-def comfyui_file_name(metadata: SliderMetadata | None) -> str:
-    """`<concept>_comfyui.safetensors` (`slider_comfyui.safetensors` without a concept), safe as a file name."""
-    concept = metadata.concept if metadata is not None else None
-    stem = re.sub(r"[^A-Za-z0-9]+", "_", concept or "").strip("_").lower() or "slider"
-    return f"{stem}_comfyui.safetensors"
-
-
 def _write_comfyui(slider: SliderFile, path: Path) -> Path:
     layout = _comfyui_layout(slider)
     scales = slider.scales()
@@ -442,9 +437,22 @@ def _write_comfyui(slider: SliderFile, path: Path) -> Path:
             )
         )
     else:
-        tensors = kohya.to_comfyui_transformer(slider.tensors, scales)
+        names, native_only = kohya.COMFYUI_NAMES.get(slider.architecture or "", ()), layout == "native"
+        tensors = kohya.to_comfyui_transformer(slider.tensors, scales, names=names, native_only=native_only)
+        header.update(kohya.comfyui_names_header(slider.tensors, names, native_only=native_only))
     _atomic_save(tensors, path, header)
     return path
+
+
+def _with_unit_scale(slider: SliderFile) -> SliderFile:
+    """The slider with each module's scale baked into `lora_B` and alpha = rank: a reader that ignores the LoRA config
+    (ComfyUI reads a diffusers file at scale 1) still gets the trained strength, and diffusers gets the same."""
+    config = dict(slider.config)
+    config.update(
+        lora_alpha=config.get("r", 8), alpha_pattern=dict(config.get("rank_pattern") or {}), use_rslora=False
+    )
+    tensors = kohya.to_comfyui_transformer(slider.tensors, slider.scales(), prefix="")
+    return dataclasses.replace(slider, tensors=tensors, config=config)
 
 
 def _check_formats(formats: Any, comfyui: bool) -> list[str]:
@@ -571,7 +579,7 @@ def _write(
         for name in formats:
             if name == "diffusers":
                 paths[name] = _write_diffusers(
-                    slider, staging.folder, pipeline_class=pipeline_class, component=component
+                    _with_unit_scale(slider), staging.folder, pipeline_class=pipeline_class, component=component
                 )
             elif name == "peft":
                 paths[name] = _write_peft(slider, staging.folder)
@@ -620,7 +628,8 @@ def save_slider(
             The adapter to save.
         formats (`Sequence[str]`, *optional*, defaults to `("diffusers", "peft")`):
             Any of ``"diffusers"`` (`pytorch_lora_weights.safetensors`), ``"peft"`` (`adapter_config.json` +
-            `adapter_model.safetensors`) and ``"comfyui"``; both first ones can share a folder.
+            `adapter_model.safetensors`) and ``"comfyui"``; both first ones can share a folder. A LoKr/LoHa adapter
+            has no diffusers format: save it with ``("peft", "comfyui")`` (see `peft_slider.formats.lycoris`).
         metadata (`SliderMetadata`, *optional*):
             Slider metadata; architecture, rank, alpha and base model are filled in from the model when unset.
         comfyui (`bool`, *optional*, defaults to `False`):
@@ -655,6 +664,17 @@ def save_slider(
     if metadata is not None and not isinstance(metadata, SliderMetadata):
         raise TypeError(f"`metadata` must be a SliderMetadata or None, got {type(metadata).__name__}.")
     denoiser, own_pipeline_class = _denoiser_and_pipeline_class(model_or_pipe)
+    from . import lycoris
+
+    if lycoris.lycoris_type((getattr(denoiser, "peft_config", None) or {}).get(adapter_name)) is not None:
+        return lycoris.save_lycoris_slider(
+            denoiser,
+            Path(save_directory),
+            adapter_name=adapter_name,
+            formats=chosen,
+            metadata=metadata,
+            class_name=_class_name(denoiser),
+        )
     slider = _slider_from_model(denoiser, adapter_name, metadata)
     component = None if own_pipeline_class is None else denoiser_attr(model_or_pipe)
     return _write(
@@ -820,6 +840,16 @@ def _read_file(path: Path, module_names: Iterable[str] | None, lora_alpha: float
         _check_lora_tensors(tensors, source)
         config = read_peft_config(path, source)
         return SliderFile(tensors, _lora_config_dict(config), metadata, source, "peft", save_id=save_id)
+    if keys and any(key.startswith(kohya.NATIVE_PREFIX) for key in keys):
+        # A ComfyUI file with modules under their original names (`diffusion_model.`), the rest `transformer.`.
+        try:
+            tensors, alphas = kohya.from_comfyui_transformer(tensors, header=header)
+        except ValueError as error:
+            raise SliderFileError(f"{source}: {error}") from None
+        _check_lora_tensors(tensors, source)
+        return SliderFile(
+            tensors, _config_from_alphas(tensors, alphas), metadata, source, "comfyui", "transformer", save_id=save_id
+        )
     for component in ("unet", "transformer"):
         prefix = component + "."
         if keys and all(key.startswith(prefix) for key in keys):
@@ -1010,6 +1040,11 @@ def load_slider(
         )
     denoiser = denoiser_of(pipe)
     source = _resolve_source(path_or_repo, weight_name, token=token, revision=revision, endpoint=endpoint)
+    from . import lycoris
+
+    found = lycoris.read_lycoris_slider(source / weight_name if weight_name and source.is_dir() else source)
+    if found is not None:  # a LoKr/LoHa slider: PEFT loads it, diffusers has no loader for it
+        return lycoris.load_lycoris_slider(pipe, *found, adapter_name=adapter_name, strength=strength)
     slider = read_slider(
         source,
         weight_name=weight_name,
@@ -1103,6 +1138,11 @@ def convert_slider(
     """
     if to not in FORMATS:
         raise ValueError(f"`to` must be one of {FORMATS}, got {to!r}.")
+    from . import lycoris
+
+    found = lycoris.read_lycoris_slider(Path(src, weight_name) if weight_name else Path(src))
+    if found is not None:
+        return lycoris.convert_lycoris_slider(*found, Path(dst), to=to)
     slider = read_slider(src, weight_name=weight_name, lora_alpha=lora_alpha)
     if architecture is not None:
         from ..targeting.targets import TargetingError, find_architecture

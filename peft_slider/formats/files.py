@@ -9,13 +9,17 @@ and the assistant-adapter loader (`peft_slider.training.adapters`) all find and 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .metadata import HEADER_PREFIX, read_safetensors_header
+
+if TYPE_CHECKING:
+    from .metadata import SliderMetadata
 
 __all__ = ["DIFFUSERS_WEIGHT_NAME", "PEFT_CONFIG_NAME", "PEFT_WEIGHT_NAME", "SliderFileError"]
 
@@ -140,3 +144,10 @@ def read_peft_config(path: Path, source: str) -> dict[str, Any]:
             f"{str(config_path)!r} holds a JSON {type(config).__name__}, not a LoraConfig object; save the slider again."
         )
     return config
+
+
+def comfyui_file_name(metadata: SliderMetadata | None) -> str:
+    """`<concept>_comfyui.safetensors` (`slider_comfyui.safetensors` without a concept), safe as a file name."""
+    concept = metadata.concept if metadata is not None else None
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", concept or "").strip("_").lower() or "slider"
+    return f"{stem}_comfyui.safetensors"

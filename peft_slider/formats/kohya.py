@@ -10,10 +10,17 @@ Two layouts, chosen per denoiser class by `COMFYUI_LAYOUTS`:
   for SD 1.x and the ones ComfyUI (`comfy/lora.py`, via its UNet-to-diffusers key map), A1111 and diffusers
   (`_convert_non_diffusers_lora_to_diffusers`) all map.
 - ``"transformer"`` (the DiTs ComfyUI reads in diffusers naming: FLUX.1, Chroma, SD3, AuraFlow, HiDream, Qwen-Image,
-  Lumina 2, Z-Image, Kandinsky 5): `transformer.<module name>.lora_A.weight` / `.lora_B.weight`. Not every reader takes
+  Z-Image, Kandinsky 5): `transformer.<module name>.lora_A.weight` / `.lora_B.weight`. Not every reader takes
   `.alpha` keys in this layout (diffusers' SD3 and Z-Image loaders do not), so the scale is baked into `lora_B`
   (`lora_B * alpha / r`): every reader that assumes alpha = rank, which is all of them without an alpha, then gets the
-  trained scale.
+  trained scale. Modules ComfyUI has no diffusers name for (the table's `comfyui_names`, e.g. Chroma's
+  `distilled_guidance_layer`) are written under ComfyUI's generic `diffusion_model.<original name>` keys instead.
+- ``"native"`` (Lumina 2, whose diffusers names ComfyUI does not map at all): every module under
+  `diffusion_model.<original name>`. Where the original checkpoint fuses several diffusers modules into one weight
+  (Lumina 2's `attention.qkv` = to_q, to_k, to_v stacked by rows), their LoRAs are written as one LoRA on the fused
+  weight: `lora_A` stacked (`[A_q; A_k; A_v]`, rank r_q + r_k + r_v) and `lora_B` block-diagonal, so
+  `B @ A = [B_q A_q; B_k A_k; B_v A_v]` exactly. The split is recorded in the header (`NAMES_HEADER_KEY`), which
+  `from_comfyui_transformer` uses to read the file back.
 
 Nothing here imports diffusers or PEFT; inputs and outputs are plain `{key: tensor}` dicts. Which family uses which
 layout is the architecture table's `comfyui_layout` (`peft_slider.targeting.architectures`).
@@ -21,6 +28,9 @@ layout is the architecture table's `comfyui_layout` (`peft_slider.targeting.arch
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -29,6 +39,8 @@ from ..targeting.architectures import ARCHITECTURES
 
 __all__ = [
     "COMFYUI_LAYOUTS",
+    "COMFYUI_NAMES",
+    "comfyui_names_header",
     "from_comfyui_transformer",
     "from_kohya",
     "kohya_header",
@@ -40,6 +52,11 @@ __all__ = [
 
 KOHYA_UNET_PREFIX = "lora_unet_"
 TRANSFORMER_PREFIX = "transformer."
+NATIVE_PREFIX = "diffusion_model."
+"""ComfyUI's generic prefix: `diffusion_model.<original name>` names a weight of its own model, for every family."""
+NAMES_HEADER_KEY = "peft_slider.comfyui_names"
+"""Header entry of a ComfyUI file: JSON `{original name: [[diffusers module, rows, rank], ...]}` for the modules
+written under original names, in row order, so the file reads back exactly."""
 
 COMFYUI_LAYOUTS: dict[str, str] = {
     spec.class_name: spec.comfyui_layout for spec in ARCHITECTURES.values() if spec.comfyui_layout is not None
@@ -47,6 +64,12 @@ COMFYUI_LAYOUTS: dict[str, str] = {
 """ComfyUI-ready key layout per diffusers denoiser class, from the architecture table's `comfyui_layout`. Classes not
 listed (Wan, LTX, Cosmos, Sana, ...) are read by ComfyUI in their original (non-diffusers) naming, which peft_slider does
 not write."""
+
+COMFYUI_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    spec.class_name: spec.comfyui_names for spec in ARCHITECTURES.values() if spec.comfyui_names
+}
+"""Per diffusers denoiser class, the `(regex, template)` pairs giving the original names of the modules ComfyUI reads
+only under those (the architecture table's `comfyui_names`)."""
 
 # Identifiers with underscores in diffusers UNet module names, used to undo kohya's '.' -> '_' without the model.
 # Longest first, so `conv_norm_out` wins over `conv_norm`.
@@ -249,8 +272,50 @@ def from_kohya(
     return output, alphas
 
 
+def _original_names(
+    modules: Iterable[str], names: Iterable[tuple[str, str]], *, native_only: bool
+) -> dict[str, list[str]]:
+    """`{original name: [modules, in row order]}` for the modules `names` renames (see `COMFYUI_NAMES`)."""
+    names = list(names)
+    compiled = [re.compile(pattern) for pattern, _ in names]
+    parts = Counter(template for _, template in names)
+    groups: dict[str, list[tuple[int, str]]] = {}
+    unnamed = []
+    for module in sorted(modules):
+        for index, pattern in enumerate(compiled):
+            match = pattern.fullmatch(module)
+            if match is not None:
+                groups.setdefault(match.expand(names[index][1]), []).append((index, module))
+                break
+        else:
+            unnamed.append(module)
+    if native_only and unnamed:
+        raise ValueError(
+            f"ComfyUI reads this family only under its original names, and {len(unnamed)} adapted module(s) have none "
+            f"in the architecture table's `comfyui_names`: {unnamed[:5]}. Leave them out of `target_modules`, or save "
+            "the diffusers format only."
+        )
+    result = {}
+    for original, members in groups.items():
+        members.sort()
+        expected = parts[names[members[0][0]][1]]
+        if len(members) != expected or len({index for index, _ in members}) != len(members):
+            raise ValueError(
+                f"ComfyUI reads {original!r} as one fused weight made of {expected} diffusers modules, but the slider "
+                f"adapts {[module for _, module in members]}. Adapt all {expected} of them (the slider's default "
+                "targets do) or none."
+            )
+        result[original] = [module for _, module in members]
+    return result
+
+
 def to_comfyui_transformer(
-    state_dict: Mapping[str, torch.Tensor], scales: Mapping[str, float], *, prefix: str = TRANSFORMER_PREFIX
+    state_dict: Mapping[str, torch.Tensor],
+    scales: Mapping[str, float],
+    *,
+    prefix: str = TRANSFORMER_PREFIX,
+    names: Iterable[tuple[str, str]] = (),
+    native_only: bool = False,
 ) -> dict[str, torch.Tensor]:
     """A PEFT-style LoRA state dict as `transformer.<module>.lora_A/B.weight` keys with the scale baked into `lora_B`.
 
@@ -258,6 +323,15 @@ def to_comfyui_transformer(
         state_dict (`Mapping[str, torch.Tensor]`): `<module>.lora_A.weight` / `.lora_B.weight` tensors.
         scales (`Mapping[str, float]`): Per module, the scale at strength 1 (PEFT's `scaling`, `lora_alpha / r`).
         prefix (`str`, *optional*, defaults to `"transformer."`): The key prefix.
+        names (`Iterable[tuple[str, str]]`, *optional*): `(regex, template)` pairs (`COMFYUI_NAMES[class name]`):
+            the modules they match are written as `diffusion_model.<original name>`, several modules with the same
+            original name as one LoRA on the fused weight (`lora_A` stacked, `lora_B` block-diagonal).
+        native_only (`bool`, *optional*, defaults to `False`): Every module must have an original name (the
+            ``"native"`` layout).
+
+    Raises:
+        `ValueError`: a fused weight's modules are adapted only in part, or (`native_only`) a module has no original
+            name.
 
     Example:
 
@@ -267,29 +341,99 @@ def to_comfyui_transformer(
     >>> sd = {"proj_out.lora_A.weight": torch.ones(2, 3), "proj_out.lora_B.weight": torch.ones(3, 2)}
     >>> to_comfyui_transformer(sd, {"proj_out": 0.5})["transformer.proj_out.lora_B.weight"][0, 0].item()
     0.5
+    >>> sd = {f"attn.to_{p}.{m}.weight": torch.ones(2, 4) if m == "lora_A" else torch.ones(4, 2)
+    ...       for p in "qkv" for m in ("lora_A", "lora_B")}
+    >>> fused = to_comfyui_transformer(sd, dict.fromkeys(["attn.to_q", "attn.to_k", "attn.to_v"], 1.0),
+    ...                                names=[(f"attn.to_{p}", "attention.qkv") for p in "qkv"])
+    >>> {key: tuple(value.shape) for key, value in fused.items()}
+    {'diffusion_model.attention.qkv.lora_A.weight': (6, 4), 'diffusion_model.attention.qkv.lora_B.weight': (12, 6)}
     ```
     """
-    output: dict[str, torch.Tensor] = {}
-    for module, (lora_a, lora_b) in _split_lora(state_dict).items():
-        if module not in scales:
-            raise ValueError(f"`scales` has no entry for module {module!r}.")
-        output[f"{prefix}{module}.lora_A.weight"] = lora_a
+    pairs = _split_lora(state_dict)
+    missing = sorted(set(pairs) - set(scales))
+    if missing:
+        raise ValueError(f"`scales` has no entry for module {missing[0]!r}.")
+
+    def baked(module: str) -> torch.Tensor:
+        lora_b = pairs[module][1]
         # Scale in float32 and cast back, so a half-precision file loses no more than one rounding.
-        output[f"{prefix}{module}.lora_B.weight"] = (lora_b.float() * float(scales[module])).to(lora_b.dtype)
+        return (lora_b.float() * float(scales[module])).to(lora_b.dtype)
+
+    groups = _original_names(pairs, names, native_only=native_only)
+    renamed = {module for members in groups.values() for module in members}
+    output: dict[str, torch.Tensor] = {}
+    for module, (lora_a, _) in pairs.items():
+        if module not in renamed:
+            output[f"{prefix}{module}.lora_A.weight"] = lora_a
+            output[f"{prefix}{module}.lora_B.weight"] = baked(module)
+    for original, members in groups.items():
+        downs, ups = [pairs[module][0] for module in members], [baked(module) for module in members]
+        if len(members) > 1 and any(tensor.ndim != 2 for tensor in downs + ups):
+            raise ValueError(f"Only Linear LoRAs can be fused into {original!r}; {members} are not all Linear.")
+        key = f"{NATIVE_PREFIX}{original}"
+        output[f"{key}.lora_A.weight"] = torch.cat(downs) if len(members) > 1 else downs[0]
+        output[f"{key}.lora_B.weight"] = torch.block_diag(*ups) if len(members) > 1 else ups[0]
     return output
 
 
+def comfyui_names_header(
+    state_dict: Mapping[str, torch.Tensor], names: Iterable[tuple[str, str]], *, native_only: bool = False
+) -> dict[str, str]:
+    """The header entry (`NAMES_HEADER_KEY`) recording which modules `to_comfyui_transformer` writes under original
+    names, with their rows and ranks; empty when none is."""
+    pairs = _split_lora(state_dict)
+    groups = _original_names(pairs, names, native_only=native_only)
+    if not groups:
+        return {}
+    record = {
+        original: [[module, pairs[module][1].shape[0], pairs[module][0].shape[0]] for module in members]
+        for original, members in sorted(groups.items())
+    }
+    return {NAMES_HEADER_KEY: json.dumps(record, separators=(",", ":"))}
+
+
+def _read_names(header: Mapping[str, str] | None) -> dict[str, list[tuple[str, int, int]]]:
+    text = (header or {}).get(NAMES_HEADER_KEY)
+    if text is None:
+        return {}
+    try:
+        record = json.loads(text)
+        return {
+            str(original): [(str(module), int(rows), int(rank)) for module, rows, rank in members]
+            for original, members in record.items()
+        }
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f"Header entry {NAMES_HEADER_KEY!r} is not `{{name: [[module, rows, rank], ...]}}` JSON: {error}."
+        ) from None
+
+
 def from_comfyui_transformer(
-    state_dict: Mapping[str, torch.Tensor], *, prefix: str = TRANSFORMER_PREFIX
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    prefix: str = TRANSFORMER_PREFIX,
+    header: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """`transformer.`-prefixed LoRA keys back in PEFT layout, with per-module alphas.
 
     A `.alpha` key, when present, is honoured (scale `alpha / rank`); without one the scale is 1 (alpha = rank), the
-    layout `to_comfyui_transformer` writes.
+    layout `to_comfyui_transformer` writes. `diffusion_model.<original name>` keys are mapped back (and fused weights
+    split) with the record `comfyui_names_header` wrote into the file's `header`.
     """
+    names = _read_names(header)
     tensors: dict[str, torch.Tensor] = {}
     alpha_keys: dict[str, float] = {}
+    originals: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state_dict.items():
+        if key.startswith(NATIVE_PREFIX):
+            original, _, part = key[len(NATIVE_PREFIX) :].rpartition(".lora_")
+            if original not in names:
+                raise ValueError(
+                    f"Key {key!r} uses ComfyUI's original model names, and the file's header does not record which "
+                    f"diffusers modules they are ({NAMES_HEADER_KEY!r}); only files peft_slider wrote can be read back."
+                )
+            originals.setdefault(original, {})[part] = tensor
+            continue
         if not key.startswith(prefix):
             raise ValueError(f"Key {key!r} does not start with {prefix!r}.")
         bare = key[len(prefix) :]
@@ -299,6 +443,27 @@ def from_comfyui_transformer(
             alpha_keys[bare[: -len(".alpha")]] = float(tensor.item())
         else:
             tensors[bare] = tensor
+    for original, parts in originals.items():
+        lora_a, lora_b = parts.get("A.weight"), parts.get("B.weight")
+        if lora_a is None or lora_b is None or len(parts) != 2:
+            raise ValueError(f"{NATIVE_PREFIX}{original} must have exactly `.lora_A.weight` and `.lora_B.weight`.")
+        members = names[original]
+        rows, rank = sum(member[1] for member in members), sum(member[2] for member in members)
+        if lora_a.shape[0] != rank or lora_b.shape[:2] != (rows, rank):
+            raise ValueError(
+                f"{NATIVE_PREFIX}{original} has lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)}, not "
+                f"the {rows} rows and rank {rank} its header records."
+            )
+        row = column = 0
+        for module, module_rows, module_rank in members:
+            if len(members) == 1:
+                tensors[f"{module}.lora_A.weight"], tensors[f"{module}.lora_B.weight"] = lora_a, lora_b
+            else:
+                tensors[f"{module}.lora_A.weight"] = lora_a[column : column + module_rank].clone()
+                tensors[f"{module}.lora_B.weight"] = lora_b[
+                    row : row + module_rows, column : column + module_rank
+                ].clone()
+            row, column = row + module_rows, column + module_rank
     pairs = _split_lora(tensors)
     unknown = sorted(set(alpha_keys) - set(pairs))
     if unknown:

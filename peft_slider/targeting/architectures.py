@@ -82,8 +82,14 @@ class ArchitectureSpec:
             the model's pipelines, whose `save_lora_weights` writes the file `pipe.load_lora_weights` reads; `None`
             where diffusers has no pipeline LoRA loader for the class.
         comfyui_layout (`str`, *optional*): The key layout ComfyUI / A1111 read for the family (see
-            `peft_slider.formats.kohya`): ``"kohya"`` (`lora_unet_...` keys), ``"transformer"`` (`transformer.<module>` keys)
-            or `None` where ComfyUI reads only the original (non-diffusers) naming.
+            `peft_slider.formats.kohya`): ``"kohya"`` (`lora_unet_...` keys), ``"transformer"`` (`transformer.<module>` keys,
+            `diffusion_model.<original name>` for the modules in `comfyui_names`), ``"native"`` (every module under
+            its `comfyui_names` original name) or `None` where ComfyUI reads only the original naming and the table
+            has no `comfyui_names` for it.
+        comfyui_names (`tuple[tuple[str, str], ...]`): Modules ComfyUI reads only under the original checkpoint's
+            names: `(regex, template)` pairs, the regex fullmatched against the diffusers module name and the template
+            (`re.Match.expand`) giving the original name. Modules that get the same original name are one fused
+            weight there (`attention.qkv`): their LoRAs are written as one, rows in the order of the pairs.
         video (`bool`, *optional*, defaults to `False`): A video model (model cards say `text-to-video`).
         hub_tag (`str`, *optional*): The family tag of model cards; defaults to the first alias.
     """
@@ -99,6 +105,7 @@ class ArchitectureSpec:
     component: str = "transformer"
     lora_loader: str | None = None
     comfyui_layout: str | None = None
+    comfyui_names: tuple[tuple[str, str], ...] = ()
     video: bool = False
     hub_tag: str | None = None
 
@@ -366,6 +373,8 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         aliases=("chroma",),
         lora_loader="FluxLoraLoaderMixin",  # ChromaPipeline uses Flux's mixin
         comfyui_layout="transformer",  # ComfyUI's Chroma model is a Flux subclass: same key map
+        # ...which has no `transformer.` names for the approximator; its original names are diffusers' own.
+        comfyui_names=((r"(distilled_guidance_layer\..+)", r"\1"),),
         note="as Flux",
     ),
     # FLUX.2: fused single-stream projections, `to_out` without `.0` in single blocks.
@@ -438,7 +447,27 @@ _SPECS: tuple[ArchitectureSpec, ...] = (
         text=(r"time_caption_embed\.caption_embedder\..*",),
         aliases=("lumina2",),
         lora_loader="Lumina2LoraLoaderMixin",
-        comfyui_layout="transformer",
+        # ComfyUI maps no diffusers names for Lumina 2 (its `transformer.` map is Z-Image's), only the original
+        # NextDiT names, where q/k/v are one `attention.qkv` weight (diffusers' convert_lumina2_to_diffusers, inverted).
+        comfyui_layout="native",
+        comfyui_names=(
+            *(
+                (rf"(noise_refiner|context_refiner|layers)\.(\d+)\.attn\.to_{p}", r"\1.\2.attention.qkv")
+                for p in "qkv"
+            ),
+            (r"(noise_refiner|context_refiner|layers)\.(\d+)\.attn\.to_out\.0", r"\1.\2.attention.out"),
+            (
+                r"(noise_refiner|context_refiner|layers)\.(\d+)\.feed_forward\.linear_([123])",
+                r"\1.\2.feed_forward.w\3",
+            ),
+            (r"(noise_refiner|layers)\.(\d+)\.norm1\.linear", r"\1.\2.adaLN_modulation.1"),
+            (r"x_embedder", "x_embedder"),
+            (r"time_caption_embed\.timestep_embedder\.linear_1", "t_embedder.mlp.0"),
+            (r"time_caption_embed\.timestep_embedder\.linear_2", "t_embedder.mlp.2"),
+            (r"time_caption_embed\.caption_embedder\.1", "cap_embedder.1"),
+            (r"norm_out\.linear_1", "final_layer.adaLN_modulation.1"),
+            (r"norm_out\.linear_2", "final_layer.linear"),
+        ),
     ),
     # Qwen-Image MMDiT.
     _qwen(
