@@ -367,13 +367,14 @@ def slider_files_to_upload(folder: str | os.PathLike) -> list[str]:
     >>> import tempfile
     >>> from peft_slider import SliderLoraConfig
     >>> from peft_slider.formats import save_slider
+    >>> from pathlib import Path
     >>> from peft_slider.formats.hub import slider_files_to_upload
     >>> from peft_slider.testing.tiny_pipelines import build_tiny_pipeline
     >>> pipe = build_tiny_pipeline("sd15")
     >>> pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=4, model=pipe.unet))
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     _ = save_slider(pipe, folder)
-    ...     _ = open(f"{folder}/.env", "w").write("HF_TOKEN=secret")
+    ...     _ = Path(folder, ".env").write_text("HF_TOKEN=secret")
     ...     slider_files_to_upload(folder)
     ['adapter_config.json', 'adapter_model.safetensors', 'pytorch_lora_weights.safetensors']
     ```

@@ -22,6 +22,7 @@ import copy
 import inspect
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -545,6 +546,14 @@ def _component_of(model: nn.Module) -> str:
 
 
 def _delete_adapter(model: nn.Module, adapter_name: str) -> None:
+    # PEFT names the adapter it makes active instead ("Adapter X was active which is now deleted"); the callers put the
+    # previously active adapters back right after, so that notice would only mislead.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+        _delete_adapter_layers(model, adapter_name)
+
+
+def _delete_adapter_layers(model: nn.Module, adapter_name: str) -> None:
     if isinstance(model, PeftModel):
         model.delete_adapter(adapter_name)
     elif hasattr(model, "delete_adapters"):
