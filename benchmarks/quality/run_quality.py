@@ -16,8 +16,8 @@ What it does, on a CPU, in a few minutes:
 4. Scores at a few checkpoints with `peft_slider.evaluation.evaluate_slider` (concept scorer `ink`, distance `ssim`):
    range, monotonicity, smoothness, and identity kept (a logistic-regression classifier trained on the real 8x8 digits,
    applied to generated images averaged back down to 8x8: the % of images whose predicted digit is the one at
-   strength 0). "Steps to target" is the first checkpoint where ink(+1) - ink(-1) reaches half of the real data's
-   thick-minus-thin ink gap.
+   strength 0). "Steps to target" is the first checkpoint where ink(+1) - ink(-1) reaches a quarter of the real
+   data's thick-minus-thin ink gap.
 
 Writes `quality.json`, `quality.md` (the table) and `quality_grid.png` to `--output_dir`.
 
@@ -53,7 +53,7 @@ STRENGTHS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 PROMPT = "a handwritten {}"
 NEW_WORDS = ["handwritten", *(str(digit) for digit in range(10))]
 ADAPTER = "thickness"
-TARGET_FRACTION = 0.5  # "steps to target": ink(+1) - ink(-1) reaches this fraction of the data's thick - thin gap
+TARGET_FRACTION = 0.25  # "steps to target": ink(+1) - ink(-1) reaches this fraction of the data's thick - thin gap
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
@@ -68,14 +68,14 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (lora_alpha = rank).")
     parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--inference_steps", type=int, default=8)
+    parser.add_argument("--inference_steps", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(input_args)
     quick = args.quick
     for name, full, smoke in (
-        ("base_steps", 600, 60),
+        ("base_steps", 2000, 60),
         ("slider_steps", 300, 30),
-        ("checkpoints", 3, 1),
+        ("checkpoints", 4, 1),
         ("seeds", 3, 1),
     ):
         if getattr(args, name) is None:
