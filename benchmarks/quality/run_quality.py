@@ -67,7 +67,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=None, help="Seeds per prompt in the evaluation.")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (lora_alpha = rank).")
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--base_learning_rate", type=float, default=1e-3, help="Learning rate of the base's fit.")
+    parser.add_argument("--learning_rate", type=float, default=2e-3, help="Learning rate of the sliders.")
     parser.add_argument("--inference_steps", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(input_args)
@@ -208,7 +209,7 @@ def fit_base(folder: Path, data: dict[str, torch.Tensor], labels: torch.Tensor, 
     prompts = encode_digit_prompts(pipe, family)
     denoiser = pipe.transformer.train()
     objective = objective_from_scheduler(pipe.scheduler)
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=args.base_learning_rate, weight_decay=0.0)
     options = SimpleNamespace(flux_guidance_value=1.0)
     for index in _batches(len(latents), args.batch_size, args.base_steps, generator):
         batch = objective.add_noise(latents[index], generator=generator)
