@@ -33,6 +33,7 @@ def test_quick_run_writes_the_report(tmp_path):
 
     table = (tmp_path / "quality.md").read_text()
     for recipe in run_quality.RECIPES:
+        assert len(report["recipes"][recipe]["runs"]) == report["train_seeds"]
         history = report["recipes"][recipe]["history"]
         assert [h["step"] for h in history] == [report["slider_steps"]]
         final = history[-1]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -65,6 +66,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slider_steps", type=int, default=None, help="Optimizer steps per recipe.")
     parser.add_argument("--checkpoints", type=int, default=None, help="How many evenly spaced evaluations per recipe.")
     parser.add_argument("--seeds", type=int, default=None, help="Seeds per prompt in the evaluation.")
+    parser.add_argument("--train_seeds", type=int, default=None, help="Training runs per recipe (seeds 0, 1, ...).")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (lora_alpha = rank).")
     parser.add_argument("--base_learning_rate", type=float, default=1e-3, help="Learning rate of the base's fit.")
@@ -78,6 +80,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         ("slider_steps", 300, 30),
         ("checkpoints", 4, 1),
         ("seeds", 3, 1),
+        ("train_seeds", 2, 1),
     ):
         if getattr(args, name) is None:
             setattr(args, name, smoke if quick else full)
@@ -237,7 +240,9 @@ def load_base(folder: Path) -> Any:
     return enable_sliders(pipe)
 
 
-def recipe_plan(recipe: str, sizes: dict[str, int], args: argparse.Namespace) -> list[tuple[str, float, list[int]]]:
+def recipe_plan(
+    recipe: str, sizes: dict[str, int], args: argparse.Namespace, seed: int
+) -> list[tuple[str, float, list[int]]]:
     """`(bucket, strength, indices)` per optimizer step, from `SliderBatchSampler` and the recipe's neutral objective."""
     from peft_slider.training import NeutralObjective, SliderBackend, SliderBatchSampler
 
@@ -260,7 +265,7 @@ def recipe_plan(recipe: str, sizes: dict[str, int], args: argparse.Namespace) ->
         total += backend.num_samples
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the plain LoRA has no negative bucket, on purpose
-        sampler = SliderBatchSampler(backends, batch_size=args.batch_size, seed=args.seed, drop_last=True)
+        sampler = SliderBatchSampler(backends, batch_size=args.batch_size, seed=seed, drop_last=True)
     plan, neutral_index, epoch = [], 0, 0
     while len(plan) < args.slider_steps:
         sampler.set_epoch(epoch)
@@ -332,8 +337,9 @@ def train_recipe(
     labels: torch.Tensor,
     classifier: Any,
     args: argparse.Namespace,
+    seed: int,
 ) -> dict[str, Any]:
-    """Train one recipe for `args.slider_steps` steps, evaluating at evenly spaced checkpoints."""
+    """Train one recipe for `args.slider_steps` steps from `seed`, evaluating at evenly spaced checkpoints."""
     from families import family_of
 
     from peft_slider import SliderLoraConfig
@@ -342,7 +348,7 @@ def train_recipe(
     pipe = load_base(base)
     family = family_of(pipe)
     denoiser = pipe.transformer
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     config = SliderLoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights=True, model=denoiser)
     denoiser.add_adapter(config, adapter_name=ADAPTER)
     parameters = [p for p in denoiser.parameters() if p.requires_grad]
@@ -351,8 +357,8 @@ def train_recipe(
     objective = objective_from_scheduler(pipe.scheduler)
     prompts = encode_digit_prompts(pipe, family)
     options = SimpleNamespace(flux_guidance_value=1.0)
-    generator = torch.Generator().manual_seed(args.seed)
-    plan = recipe_plan(recipe, {name: len(value) for name, value in latents.items()}, args)
+    generator = torch.Generator().manual_seed(seed)
+    plan = recipe_plan(recipe, {name: len(value) for name, value in latents.items()}, args, seed)
     checkpoints = {round(args.slider_steps * (k + 1) / args.checkpoints) for k in range(args.checkpoints)}
 
     history, start, train_seconds = [], time.perf_counter(), 0.0
@@ -372,7 +378,24 @@ def train_recipe(
             with torch.no_grad():
                 evaluation = evaluate(pipe, classifier, args, keep_images=step == args.slider_steps)
             history.append({"step": step, **evaluation})
-    return {"history": history, "train_seconds": train_seconds, "seconds": time.perf_counter() - start}
+    return {"seed": seed, "history": history, "train_seconds": train_seconds, "seconds": time.perf_counter() - start}
+
+
+def average_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The checkpoints of several training runs, their numbers averaged (a `None` or text: the first run's)."""
+    history = []
+    for checkpoints in zip(*(run["history"] for run in runs)):
+        merged = {}
+        for key, first in checkpoints[0].items():
+            values = [checkpoint[key] for checkpoint in checkpoints]
+            if isinstance(first, dict):
+                merged[key] = {name: statistics.fmean(value[name] for value in values) for name in first}
+            elif key != "step" and isinstance(first, float) and None not in values:
+                merged[key] = statistics.fmean(values)
+            else:
+                merged[key] = first
+        history.append(merged)
+    return history
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -393,11 +416,15 @@ def markdown_table(report: dict[str, Any]) -> str:
     for recipe in RECIPES:
         result = report["recipes"][recipe]
         final = result["history"][-1]
+        changes = [run["history"][-1]["ink_change"] for run in result["runs"]]
+        change = _number(final["ink_change"])
+        if len(changes) > 1:
+            change += f" ± {statistics.stdev(changes):.3f}"
         kept = final["identity_kept_pct"]
         reached = next((h["step"] for h in result["history"] if h["ink_gap_pm1"] >= target), None)
         checked = ", ".join(str(h["step"]) for h in result["history"])
         lines.append(
-            f"| {recipe} | {_number(final['ink_change'])} | {_number(final['range_seed_spreads'], 1)} | "
+            f"| {recipe} | {change} | {_number(final['range_seed_spreads'], 1)} | "
             f"{_number(final['monotonicity'], 2)} | {_number(final['smoothness'], 2)} | "
             f"{_number(final['ssim_distance'])} | "
             f"{' / '.join(f'{kept[s]:.0f}' for s in ('-2', '-1', '+1', '+2'))} | "
@@ -454,6 +481,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "base_steps": args.base_steps,
         "slider_steps": args.slider_steps,
         "seeds": args.seeds,
+        "train_seeds": args.train_seeds,
         "digits": args.digits,
         "strengths": list(STRENGTHS),
         "classifier_test_accuracy_pct": 100.0 * accuracy,
@@ -473,11 +501,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         vae = load_base(base).vae
         latents = {name: encode_images(vae, ink_to_pixels(value))[0] for name, value in ink.items()}
         for recipe in RECIPES:
-            result = train_recipe(recipe, base, latents, labels, classifier, args)
-            images[recipe] = result["history"][-1].pop("images")
-            report["recipes"][recipe] = result
-            final = result["history"][-1]
-            print(f"{recipe}: {result['seconds']:.0f} s, ink change {final['ink_change']:+.3f}, {final['diagnosis']}")
+            runs = []
+            for seed in range(args.seed, args.seed + args.train_seeds):
+                result = train_recipe(recipe, base, latents, labels, classifier, args, seed)
+                final = result["history"][-1]
+                images.setdefault(recipe, final.pop("images"))  # the grid shows the first training run
+                print(
+                    f"{recipe} (training seed {seed}): {result['seconds']:.0f} s, ink change {final['ink_change']:+.3f}"
+                )
+                runs.append(result)
+            report["recipes"][recipe] = {"history": average_runs(runs), "runs": runs}
 
     report["seconds"] = time.perf_counter() - start
     table = markdown_table(report)
