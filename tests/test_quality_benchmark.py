@@ -41,3 +41,15 @@ def test_quick_run_writes_the_report(tmp_path):
         assert final["identity_kept_pct"]["+0"] == 100.0
         assert all(0 <= v <= 100 for v in final["identity_kept_pct"].values())
         assert f"| {recipe} |" in table
+
+
+def test_matched_identity_interpolates_at_the_same_thickness_change():
+    run_quality = _load_script()
+    checkpoint = {
+        "mean_ink": {"-2": 0.10, "-1": 0.15, "+0": 0.20, "+1": 0.30, "+2": 0.40},
+        "identity_kept_pct": {"-2": 40.0, "-1": 80.0, "+0": 100.0, "+1": 60.0, "+2": 20.0},
+    }
+    # Thin side: 0.075 lies halfway from -1 (0.05 moved, 80%) to -2 (0.10, 40%); thick side: halfway from 0 to +1.
+    thin, thick = run_quality.matched_identity(checkpoint, 0.075)
+    assert thin == pytest.approx(60.0) and thick == pytest.approx(70.0)
+    assert run_quality.matched_identity(checkpoint, 0.5) == (None, None)  # neither side moves the ink that far

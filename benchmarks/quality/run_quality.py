@@ -406,12 +406,35 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def matched_identity(checkpoint: dict[str, Any], level: float) -> tuple[float | None, float | None]:
+    """Identity kept (%) where the ink has moved by `level` from strength 0, on the thin and the thick side.
+
+    Linear interpolation between the sweep's strengths (strength 0 keeps 100%); `None` for a side that never moves the
+    ink that far. A slider that moves less keeps more digits at a given strength; this compares recipes at the same
+    thickness change instead.
+    """
+    ink, kept = checkpoint["mean_ink"], checkpoint["identity_kept_pct"]
+    sides = []
+    for side in (("+0", "-1", "-2"), ("+0", "+1", "+2")):
+        moved = [abs(ink[s] - ink["+0"]) for s in side]
+        found = None
+        for j in range(1, len(side)):
+            if moved[j] >= level > moved[j - 1]:
+                t = (level - moved[j - 1]) / (moved[j] - moved[j - 1])
+                found = kept[side[j - 1]] + t * (kept[side[j]] - kept[side[j - 1]])
+                break
+        sides.append(found)
+    return sides[0], sides[1]
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     target = report["target_ink_gap"]
+    level = report["matched_ink_change"]
     lines = [
         "| recipe | ink change -2..+2 | range (seed spreads) | monotonicity | smoothness | SSIM distance | "
-        "identity kept -2 / -1 / +1 / +2 (%) | steps to target |",
-        "|---|---|---|---|---|---|---|---|",
+        f"identity kept -2 / -1 / +1 / +2 (%) | identity kept at ink -{level:.3f} / +{level:.3f} (%) | "
+        "steps to target |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for recipe in RECIPES:
         result = report["recipes"][recipe]
@@ -421,13 +444,14 @@ def markdown_table(report: dict[str, Any]) -> str:
         if len(changes) > 1:
             change += f" ± {statistics.stdev(changes):.3f}"
         kept = final["identity_kept_pct"]
+        matched = " / ".join(_number(value, 0) for value in matched_identity(final, level))
         reached = next((h["step"] for h in result["history"] if h["ink_gap_pm1"] >= target), None)
         checked = ", ".join(str(h["step"]) for h in result["history"])
         lines.append(
             f"| {recipe} | {change} | {_number(final['range_seed_spreads'], 1)} | "
             f"{_number(final['monotonicity'], 2)} | {_number(final['smoothness'], 2)} | "
             f"{_number(final['ssim_distance'])} | "
-            f"{' / '.join(f'{kept[s]:.0f}' for s in ('-2', '-1', '+1', '+2'))} | "
+            f"{' / '.join(f'{kept[s]:.0f}' for s in ('-2', '-1', '+1', '+2'))} | {matched} | "
             f"{reached if reached is not None else f'not reached ({checked})'} |"
         )
     return "\n".join(lines)
@@ -488,6 +512,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "classifier_accuracy_on_real_pct": real_accuracy,
         "data_mean_ink": data_ink,
         "target_ink_gap": TARGET_FRACTION * (data_ink["thick"] - data_ink["thin"]),
+        # Identity is compared at this thickness change on each side: half the target gap, as at +1 and -1 on target.
+        "matched_ink_change": TARGET_FRACTION * (data_ink["thick"] - data_ink["thin"]) / 2,
         "recipes": {},
     }
     print(f"classifier: {100 * accuracy:.1f}% held-out accuracy on the real 8x8 digits")
