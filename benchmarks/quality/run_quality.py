@@ -16,13 +16,14 @@ What it does, on a CPU, in a few minutes:
 4. Scores at a few checkpoints with `peft_slider.evaluation.evaluate_slider` (concept scorer `ink`, distance `ssim`):
    range, monotonicity, smoothness, and identity kept (a logistic-regression classifier trained on the real 8x8 digits,
    applied to generated images averaged back down to 8x8: the % of images whose predicted digit is the one at
-   strength 0). "Steps to target" is the first checkpoint where ink(+1) - ink(-1) reaches a quarter of the real
-   data's thick-minus-thin ink gap.
+   strength 0; also interpolated at the same thickness change for every recipe). "Steps to target" is the first
+   checkpoint where ink(+1) - ink(-1) reaches a quarter of the real data's thick-minus-thin ink gap. Every recipe is
+   trained from `--train_seeds` seeds; the table gives their means.
 
 Writes `quality.json`, `quality.md` (the table) and `quality_grid.png` to `--output_dir`.
 
 Usage:
-    python benchmarks/quality/run_quality.py            # the full run (a few minutes on 2 CPU cores)
+    python benchmarks/quality/run_quality.py            # the full run (about 2.5 minutes on 2 CPU cores)
     python benchmarks/quality/run_quality.py --quick    # a smoke run (well under a minute)
 """
 
