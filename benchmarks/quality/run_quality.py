@@ -55,6 +55,7 @@ STRENGTHS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 PROMPT = "a handwritten {}"
 NEW_WORDS = ["handwritten", *(str(digit) for digit in range(10))]
 ADAPTER = "thickness"
+CROSS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))  # the structuring element of dilation and erosion: (dy, dx)
 TARGET_FRACTION = 0.25  # "steps to target": ink(+1) - ink(-1) reaches this fraction of the data's thick - thin gap
 
 
@@ -67,7 +68,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slider_steps", type=int, default=None, help="Optimizer steps per recipe.")
     parser.add_argument("--checkpoints", type=int, default=None, help="How many evenly spaced evaluations per recipe.")
     parser.add_argument("--seeds", type=int, default=None, help="Seeds per prompt in the evaluation.")
-    parser.add_argument("--train_seeds", type=int, default=None, help="Training runs per recipe (seeds 0, 1, ...).")
+    parser.add_argument("--train_seeds", type=int, default=None, help="Training runs per recipe (from --seed on).")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (lora_alpha = rank).")
     parser.add_argument("--base_learning_rate", type=float, default=1e-3, help="Learning rate of the base's fit.")
@@ -100,9 +101,6 @@ def _cross_filter(ink: torch.Tensor, reduce: str, pad_value: float) -> torch.Ten
     shifts = [padded[..., 1 + dy : 1 + dy + size, 1 + dx : 1 + dx + size] for dy, dx in CROSS]
     stacked = torch.stack(shifts)
     return stacked.amax(0) if reduce == "max" else stacked.amin(0)
-
-
-CROSS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 
 
 def load_digit_ink(resolution: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -483,6 +481,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     import diffusers
     import transformers
 
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "The quality benchmark needs scikit-learn (the digits and the classifier): pip install scikit-learn, or "
+            'pip install -e ".[quality]"'
+        ) from None
+
     torch.set_num_threads(1)
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -515,6 +521,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "target_ink_gap": TARGET_FRACTION * (data_ink["thick"] - data_ink["thin"]),
         # Identity is compared at this thickness change on each side: half the target gap, as at +1 and -1 on target.
         "matched_ink_change": TARGET_FRACTION * (data_ink["thick"] - data_ink["thin"]) / 2,
+        "recipe_descriptions": RECIPES,
         "recipes": {},
     }
     print(f"classifier: {100 * accuracy:.1f}% held-out accuracy on the real 8x8 digits")
