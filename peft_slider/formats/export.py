@@ -705,11 +705,13 @@ def _packed_config(raw: str, source: str) -> dict[str, Any]:
 
 
 def _run_slider(path: Path) -> SliderFile | None:
-    """The finished slider of the training run a checkpoint file belongs to (`<run>/checkpoint-N/<file>`), if any."""
-    if not re.fullmatch(r"checkpoint-\d+", path.parent.name):
+    """The finished slider of the training run a checkpoint file belongs to (`<run>/checkpoint-N/<file>`), if any: its
+    PEFT file, the one format that keeps the trained alpha (the diffusers file bakes the scale into its weights)."""
+    run_file = path.parent.parent / PEFT_WEIGHT_NAME
+    if not re.fullmatch(r"checkpoint-\d+", path.parent.name) or not run_file.is_file():
         return None
     try:
-        return read_slider(path.parent.parent)
+        return read_slider(run_file)
     except SliderFileError:
         return None
 
@@ -773,7 +775,7 @@ def read_slider(
             The target model's module names, to rebuild kohya names exactly.
         lora_alpha (`float`, *optional*):
             For a trainer checkpoint only (it records no alpha): the training's `--lora_alpha`. Without it the alpha
-            of the run's finished slider beside the checkpoint folder is used, when that has the same modules and
+            of the run's finished slider (its `adapter_model.safetensors`) beside the checkpoint folder is used, when that has the same modules and
             ranks.
 
     Raises:
