@@ -775,8 +775,8 @@ def read_slider(
             The target model's module names, to rebuild kohya names exactly.
         lora_alpha (`float`, *optional*):
             For a trainer checkpoint only (it records no alpha): the training's `--lora_alpha`. Without it the alpha
-            of the run's finished slider (its `adapter_model.safetensors`) beside the checkpoint folder is used, when that has the same modules and
-            ranks.
+            of the run's finished slider (its `adapter_model.safetensors`) beside the checkpoint folder is used, when
+            that has the same modules and ranks.
 
     Raises:
         `SliderFileError`: the file is truncated or corrupted, its keys are in no known layout, a LoRA matrix is
