@@ -104,6 +104,7 @@ def exported(family: str, root: Path) -> Exported:
     pristine = copy.deepcopy(denoiser)
     base_output = _output(pristine, inputs)
     config = SliderLoraConfig(r=RANK, lora_alpha=ALPHA, model=denoiser, init_lora_weights=False)
+    torch.manual_seed(0)  # the LoRA's random weights: the same whatever tests ran before
     denoiser.add_adapter(config, adapter_name="slider")
     folder = root / family
     paths = save_slider(source, folder, adapter_name="slider", comfyui=True, metadata=_metadata())
@@ -130,7 +131,11 @@ def test_every_format_reproduces_the_peft_model(family, strength, folder_root):
     assert (reference - case.base_output).abs().max() > 0.05
     for name in case.loaded:
         case.target.set_adapters([name], adapter_weights=[strength])
-        torch.testing.assert_close(_output(denoiser_of(case.target), case.inputs), reference, **TOLERANCE, msg=name)
+        # The diffusers file bakes alpha / r into lora_B (float32 rounding before the product instead of after): some
+        # random LoRAs went past 1e-5 at strength 2 on outputs of magnitude 2; a wrong alpha or sign moves it > 0.05.
+        torch.testing.assert_close(
+            _output(denoiser_of(case.target), case.inputs), reference, atol=1e-4, rtol=1e-5, msg=name
+        )
     _set_peft_strength(case.peft_model, "default", strength)
     torch.testing.assert_close(_output(case.peft_model, case.inputs), reference, **TOLERANCE, msg="PeftModel")
 
@@ -802,7 +807,13 @@ def test_missing_local_paths_are_not_hub_requests(path, victim, tmp_path):
     # The Hub endpoint is unreachable: a Hub request would raise HubError, not SliderFileError.
     with pytest.raises(SliderFileError, match=f"`path_or_repo` '{path}' is a local path that does not exist"):
         load_slider(pipe, path, adapter_name="x", endpoint="http://127.0.0.1:9")
-    with pytest.raises(HubError):  # a repo id still goes to the Hub
+
+
+def test_a_missing_repo_id_is_a_hub_request(victim):
+    """The control of the table above: a repo id still goes to the (here unreachable) Hub. Once, not per row: the Hub
+    client retries a refused connection for about 20 s."""
+    pipe, _ = victim
+    with pytest.raises(HubError):
         load_slider(pipe, "me/missing", adapter_name="x", endpoint="http://127.0.0.1:9")
 
 
