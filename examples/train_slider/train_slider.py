@@ -1171,7 +1171,7 @@ class SliderTraining:
         The slider files, the sweep and the statistic are written into a staging folder and moved into the output
         folder only when all of them are complete, so a failure leaves the previous files (if any) as they were.
         """
-        from peft_slider.formats.export import save_slider
+        from peft_slider.formats.writers import save_slider
 
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()

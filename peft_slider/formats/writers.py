@@ -1,5 +1,5 @@
 # Copyright 2025 The peft_slider Authors. Licensed under the Apache License, Version 2.0.
-"""Save sliders in every format users load, load any of them into a pipeline, and convert between them.
+"""Save sliders in every format users load, and convert a slider file from one format to another.
 
 Formats:
 
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import math
 import os
 import re
 import shutil
@@ -28,235 +26,33 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..targeting.architectures import ARCHITECTURES
 from ..targeting.targets import denoiser_attr, denoiser_of
-from ..utils.checks import REPO_ID, check_finite, is_finite_number, is_repo_id
+from ..utils.checks import REPO_ID
 from . import kohya
 from .files import (
     DIFFUSERS_WEIGHT_NAME,
     PEFT_PREFIX,
     PEFT_WEIGHT_NAME,
     SAVE_ID_KEY,
-    SliderFileError,
     comfyui_file_name,
-    load_tensors,
-    read_peft_config,
-    weights_file,
 )
 from .metadata import SliderMetadata, public_model_name, read_safetensors_header
-from .strength_map import set_strength_map
+from .readers import read_slider
+from .slider_file import SliderFile, lora_config_dict
 
-if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
+__all__ = ["FORMATS", "convert_slider", "save_slider"]
 
-__all__ = [
-    "FORMATS",
-    "SliderFile",
-    "convert_slider",
-    "load_slider",
-    "read_slider",
-    "save_slider",
-]
 
 FORMATS = ("diffusers", "peft", "comfyui")
-# The file a trainer checkpoint (`checkpoint-N/`, examples/train_slider) holds the slider's weights in: PEFT keys without
-# prefix, no config and no header metadata.
-CHECKPOINT_WEIGHT_NAME = "slider_adapter.safetensors"
-# |alpha / r| beyond this is a corrupted number, not a slider (trained sliders sit around 0.1 to 10).
-_MAX_SCALE = 1e4
 # The families diffusers has a pipeline LoRA loader for (the table's `lora_loader`); others are saved as PEFT only.
 _LOADER_ROWS = tuple(spec for spec in ARCHITECTURES.values() if spec.lora_loader is not None)
-_LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # the one header key diffusers reads
-
-
-@dataclass
-class SliderFile:
-    """A slider as read from (or about to be written to) any format.
-
-    Args:
-        tensors (`dict[str, torch.Tensor]`):
-            PEFT layout without prefix: `<module>.lora_A.weight` and `<module>.lora_B.weight`.
-        config (`dict`):
-            `peft.LoraConfig` keyword arguments (only LoraConfig fields); `r`, `lora_alpha`, `rank_pattern`,
-            `alpha_pattern` and `use_rslora` give each module's scale.
-        metadata (`SliderMetadata`, *optional*):
-            The slider metadata from the header.
-        source (`str`):
-            Where it was read from, for messages.
-        format (`str`):
-            The format it was read from: ``"diffusers"``, ``"peft"``, ``"comfyui"`` (kohya or `transformer.` keys
-            without config), ``"checkpoint"`` (a trainer checkpoint's `slider_adapter.safetensors`) or ``"model"``.
-        component (`str`, *optional*):
-            The pipeline component the file's keys name (``"unet"`` or ``"transformer"``), when they name one.
-        save_id (`str`, *optional*):
-            The id every file of one `save_slider` call shares (header key `peft_slider.save_id`).
-    """
-
-    tensors: dict[str, torch.Tensor]
-    config: dict[str, Any]
-    metadata: SliderMetadata | None = None
-    source: str = "<memory>"
-    format: str = "model"
-    component: str | None = None
-    save_id: str | None = None
-
-    @property
-    def modules(self) -> list[str]:
-        """The adapted module names, sorted."""
-        return sorted({key.rsplit(".", 2)[0] for key in self.tensors})
-
-    @property
-    def architecture(self) -> str | None:
-        """The denoiser class the slider was made for, from its metadata."""
-        return None if self.metadata is None else self.metadata.architecture
-
-    def scales(self) -> dict[str, float]:
-        """Per module, the factor the LoRA update is multiplied by at strength 1 (PEFT's `scaling`)."""
-        from peft.utils.other import get_pattern_key
-
-        rank_pattern = self.config.get("rank_pattern") or {}
-        alpha_pattern = self.config.get("alpha_pattern") or {}
-        scales = {}
-        for module in self.modules:
-            rank = self.tensors[f"{module}.lora_A.weight"].shape[0]
-            expected = rank_pattern.get(get_pattern_key(rank_pattern.keys(), module), self.config.get("r", 8))
-            if expected != rank:
-                raise SliderFileError(
-                    f"{self.source}: the config gives module {module!r} rank {expected}, its weights have rank {rank}."
-                )
-            alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), self.config.get("lora_alpha", 8))
-            scales[module] = alpha / math.sqrt(rank) if self.config.get("use_rslora") else alpha / rank
-        return scales
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Configs and state dicts
-
-
-def _lora_config_fields() -> set[str]:
-    from peft import LoraConfig
-
-    return {item.name for item in dataclasses.fields(LoraConfig) if item.init}
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
-    if hasattr(value, "value") and isinstance(value, str):  # str enums (PeftType, TaskType)
-        return value.value
-    return value
-
-
-def _lora_config_dict(config: Any) -> dict[str, Any]:
-    """The LoraConfig fields of a config (object or dict), JSON-ready; slider-only or unknown fields dropped."""
-    raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    fields = _lora_config_fields()
-    return {key: _json_ready(value) for key, value in raw.items() if key in fields}
-
-
-def _exact_pattern(name: str) -> str:
-    # PEFT matches pattern keys with re.match(rf"(.*\.)?({key})$", name); a leading ^ makes the key match one name only.
-    return "^" + re.escape(name)
-
-
-def _config_from_alphas(tensors: Mapping[str, torch.Tensor], alphas: Mapping[str, float]) -> dict[str, Any]:
-    """A LoraConfig dict reproducing per-module ranks and alphas read from a file that had no config."""
-    ranks = {module: tensors[f"{module}.lora_A.weight"].shape[0] for module in alphas}
-    rank = Counter(ranks.values()).most_common(1)[0][0]
-    alpha = Counter(alphas.values()).most_common(1)[0][0]
-    names = sorted(alphas)
-    return {
-        "r": rank,
-        "lora_alpha": alpha,
-        # A string is fullmatched by PEFT: exactly these modules, never a name that merely ends like one of them.
-        "target_modules": "(?:" + "|".join(re.escape(name) for name in names) + ")",
-        "rank_pattern": {_exact_pattern(m): r for m, r in ranks.items() if r != rank},
-        "alpha_pattern": {_exact_pattern(m): a for m, a in alphas.items() if a != alpha},
-    }
-
-
-def _check_lora_tensors(tensors: Mapping[str, torch.Tensor], source: str) -> None:
-    """Every module has both LoRA matrices with matching rank, and nothing else is in the file."""
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    unexpected = []
-    for key, tensor in tensors.items():
-        match = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight", key)
-        if match is None:
-            unexpected.append(key)
-        else:
-            pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
-    if unexpected:
-        shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
-        raise SliderFileError(
-            f"{source}: {len(unexpected)} unexpected key(s) that are not LoRA weights: {shown}. Only "
-            "`<module>.lora_A.weight` / `.lora_B.weight` keys are read; remove the others or re-export the slider."
-        )
-    if not pairs:
-        raise SliderFileError(f"{source}: holds no LoRA weights.")
-    for module, pair in sorted(pairs.items()):
-        if len(pair) != 2:
-            missing = "lora_B" if "lora_A" in pair else "lora_A"
-            raise SliderFileError(f"{source}: module {module!r} is missing its {missing} weight (key dropped?).")
-        lora_a, lora_b = pair["lora_A"], pair["lora_B"]
-        if lora_a.ndim < 2 or lora_b.ndim < 2 or lora_a.shape[0] != lora_b.shape[1]:
-            raise SliderFileError(
-                f"{source}: module {module!r} has lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)}, "
-                "whose ranks do not match."
-            )
-        for name, tensor in pair.items():
-            if not torch.isfinite(tensor).all():
-                raise SliderFileError(
-                    f"{source}: module {module!r} has NaN or infinite values in its {name} weight; the file is "
-                    "corrupted or the training diverged. Use an earlier checkpoint or save the slider again."
-                )
-
-
-def _check_config(slider: SliderFile) -> None:
-    """The LoRA config builds a peft `LoraConfig`, and gives every module a finite, sane scale."""
-    from peft import LoraConfig
-
-    config, source = slider.config, slider.source
-    rank = config.get("r", 8)
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise SliderFileError(f"{source}: its LoRA config has `r` {rank!r}; a rank is a positive int.")
-    numbers = {"lora_alpha": config.get("lora_alpha", 8)}
-    for pattern_name in ("rank_pattern", "alpha_pattern"):
-        pattern = config.get(pattern_name) or {}
-        if not isinstance(pattern, dict) or not all(isinstance(key, str) for key in pattern):
-            raise SliderFileError(
-                f"{source}: its LoRA config has `{pattern_name}` {pattern!r}; it must map module names to numbers."
-            )
-        numbers.update({f"{pattern_name}[{key!r}]": value for key, value in pattern.items()})
-    for name, value in numbers.items():
-        if not is_finite_number(value) or (isinstance(value, int) and abs(value) > 2**53):
-            raise SliderFileError(
-                f"{source}: its LoRA config has `{name}` {value!r}; it must be a finite number. The file is "
-                "corrupted: save or download it again."
-            )
-    try:
-        LoraConfig(**config)
-    except (TypeError, ValueError) as error:
-        raise SliderFileError(f"{source}: its LoRA config does not build a peft LoraConfig: {error}") from None
-    scales = slider.scales()
-    absurd = {module: scale for module, scale in scales.items() if not abs(scale) <= _MAX_SCALE}
-    if absurd:
-        module, scale = next(iter(absurd.items()))
-        raise SliderFileError(
-            f"{source}: its LoRA config scales module {module!r} by alpha / r = {scale:g} (and {len(absurd) - 1} more "
-            f"modules beyond +-{_MAX_SCALE:g}); no trained slider has such a scale, so the alpha is corrupted. Save "
-            "or download the file again."
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -274,7 +70,8 @@ def _denoiser_and_pipeline_class(model_or_pipe: Any) -> tuple[nn.Module, type | 
     )
 
 
-def _class_name(model: nn.Module) -> str | None:
+def model_class_name(model: nn.Module) -> str | None:
+    """The diffusers class name of the architecture-table row `model` matches, or `None` for a model off the table."""
     from ..targeting.targets import TargetingError, find_architecture
 
     try:
@@ -306,14 +103,14 @@ def _slider_from_model(model: nn.Module, adapter_name: str, metadata: SliderMeta
             f"Adapter {adapter_name!r} has weights beyond plain LoRA ({unsupported[:3]}, e.g. DoRA or lora_bias); "
             "save_slider supports plain LoRA sliders. Train without `use_dora`/`lora_bias`."
         )
-    class_name = _class_name(model)
+    class_name = model_class_name(model)
     if metadata is None:
         metadata = SliderMetadata()
     if metadata.architecture is not None and class_name is not None and metadata.architecture != class_name:
         raise ValueError(
             f"`metadata.architecture` is {metadata.architecture!r} but the model is a {class_name}; fix the metadata."
         )
-    config_dict = _lora_config_dict(config)
+    config_dict = lora_config_dict(config)
     filled = {
         "architecture": metadata.architecture or class_name,
         "rank": metadata.rank if metadata.rank is not None else config_dict.get("r"),
@@ -374,7 +171,7 @@ def _loader_for(slider: SliderFile, pipeline_class: type | None, component: str 
     )
 
 
-def _save_with_diffusers(
+def save_with_diffusers(
     slider: SliderFile, directory: Path | str, *, pipeline_class: type | None, component: str | None
 ) -> Path:
     """`pytorch_lora_weights.safetensors` as diffusers' own writer makes it (its key layout and the
@@ -394,7 +191,7 @@ def _write_diffusers(
 
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
-        written = _save_with_diffusers(slider, scratch, pipeline_class=pipeline_class, component=component)
+        written = save_with_diffusers(slider, scratch, pipeline_class=pipeline_class, component=component)
         header = read_safetensors_header(written)
         tensors = load_file(str(written))
     header.update(_slider_header(slider))
@@ -673,7 +470,7 @@ def save_slider(
             adapter_name=adapter_name,
             formats=chosen,
             metadata=metadata,
-            class_name=_class_name(denoiser),
+            class_name=model_class_name(denoiser),
         )
     slider = _slider_from_model(denoiser, adapter_name, metadata)
     component = None if own_pipeline_class is None else denoiser_attr(model_or_pipe)
@@ -684,403 +481,6 @@ def save_slider(
         pipeline_class=pipeline_class or own_pipeline_class,
         component=component,
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Readers
-
-
-def _packed_config(raw: str, source: str) -> dict[str, Any]:
-    """The LoraConfig dict diffusers keeps in the `lora_adapter_metadata` header entry."""
-    try:
-        packed = json.loads(raw)
-    except ValueError as error:  # not JSON, or an int of more than 4300 digits
-        raise SliderFileError(f"{source}: header entry {_LORA_ADAPTER_METADATA_KEY!r} is not JSON: {error}.") from None
-    if not isinstance(packed, dict):
-        raise SliderFileError(
-            f"{source}: header entry {_LORA_ADAPTER_METADATA_KEY!r} holds a JSON {type(packed).__name__}, not a "
-            "LoraConfig object; save the slider again."
-        )
-    return packed
-
-
-def _run_slider(path: Path) -> SliderFile | None:
-    """The finished slider of the training run a checkpoint file belongs to (`<run>/checkpoint-N/<file>`), if any."""
-    if not re.fullmatch(r"checkpoint-\d+", path.parent.name):
-        return None
-    try:
-        return read_slider(path.parent.parent)
-    except SliderFileError:
-        return None
-
-
-def _read_checkpoint(
-    path: Path,
-    tensors: dict[str, torch.Tensor],
-    header: Mapping[str, str],
-    metadata: SliderMetadata | None,
-    lora_alpha: float | None,
-) -> SliderFile:
-    """A trainer checkpoint: PEFT keys without prefix. Its alpha comes from `lora_alpha`, a `lora_adapter_metadata`
-    entry, or the finished slider of the same run when that has the same modules and ranks; never from a guess."""
-    source = repr(str(path))
-    _check_lora_tensors(tensors, source)
-    ranks = {key.rsplit(".", 2)[0]: tensor.shape[0] for key, tensor in tensors.items() if ".lora_A." in key}
-    run = _run_slider(path)
-    if run is not None:
-        run_ranks = {module: run.tensors[f"{module}.lora_A.weight"].shape[0] for module in run.modules}
-        if run_ranks != ranks:
-            run = None  # another run (or another rank) wrote the folder's slider
-    if metadata is None and run is not None:
-        metadata = run.metadata
-    raw = header.get(_LORA_ADAPTER_METADATA_KEY)
-    if lora_alpha is not None:
-        config = _config_from_alphas(tensors, dict.fromkeys(ranks, lora_alpha))
-        if metadata is not None:
-            metadata = copy.copy(metadata)
-            metadata.alpha = lora_alpha
-    elif raw is not None:
-        config = _lora_config_dict(_packed_config(raw, source))
-    elif run is not None:
-        config = dict(run.config)
-    else:
-        rank = Counter(ranks.values()).most_common(1)[0][0]
-        raise SliderFileError(
-            f"{source} is a trainer checkpoint, which records no LoRA alpha, and no finished slider of the same run "
-            "(same modules and ranks) lies beside its folder. Pass `lora_alpha=` (`--lora_alpha` on the command "
-            f"line): the training's --lora_alpha, which defaults to the rank ({rank})."
-        )
-    return SliderFile(tensors, config, metadata, source, "checkpoint", save_id=header.get(SAVE_ID_KEY))
-
-
-def read_slider(
-    path: str | os.PathLike,
-    *,
-    weight_name: str | None = None,
-    module_names: Iterable[str] | None = None,
-    lora_alpha: float | None = None,
-) -> SliderFile:
-    """Read a slider in any supported format, checking the file as it goes.
-
-    Args:
-        path (`str` or `os.PathLike`):
-            A `.safetensors` file or a folder: its only `.safetensors` file, or, when one `save_slider` call wrote
-            several, its `pytorch_lora_weights.safetensors`, else `adapter_model.safetensors`, else the ComfyUI file.
-            A trainer checkpoint folder (`checkpoint-N/`, holding `slider_adapter.safetensors`) is read too.
-        weight_name (`str`, *optional*):
-            The file to read in a folder; needed when the folder's files are not from one save.
-        module_names (`Iterable[str]`, *optional*):
-            The target model's module names, to rebuild kohya names exactly.
-        lora_alpha (`float`, *optional*):
-            For a trainer checkpoint only (it records no alpha): the training's `--lora_alpha`. Without it the alpha
-            of the run's finished slider beside the checkpoint folder is used, when that has the same modules and
-            ranks.
-
-    Raises:
-        `SliderFileError`: the file is truncated or corrupted, its keys are in no known layout, a LoRA matrix is
-        missing, extra keys are present, a weight is NaN or infinite, the LoRA config is malformed or its scale absurd,
-        a PEFT file has no readable `adapter_config.json`, or a folder's files are not from one save.
-
-    Example:
-
-    ```py
-    >>> import tempfile
-    >>> from peft_slider import SliderLoraConfig
-    >>> from peft_slider.formats import read_slider, save_slider
-    >>> from peft_slider.testing import build_tiny_pipeline
-    >>> pipe = build_tiny_pipeline("sd15")
-    >>> pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, model=pipe.unet))
-    >>> with tempfile.TemporaryDirectory() as folder:
-    ...     _ = save_slider(pipe, folder, comfyui=True)
-    ...     slider = read_slider(f"{folder}/slider_comfyui.safetensors")
-    >>> slider.format, slider.architecture, set(slider.scales().values())
-    ('comfyui', 'UNet2DConditionModel', {2.0})
-    ```
-    """
-    if lora_alpha is not None:
-        lora_alpha = check_finite(lora_alpha, argument="lora_alpha", expected="a finite number such as 16.0")
-    path = Path(path)
-    if path.is_dir():
-        path = weights_file(path, weight_name)
-    elif not path.is_file():
-        raise SliderFileError(f"{str(path)!r} does not exist (no such file or folder); check the path.")
-    slider = _read_file(path, module_names, lora_alpha)
-    if lora_alpha is not None and slider.format != "checkpoint":
-        raise SliderFileError(
-            f"`lora_alpha` is for trainer checkpoints, which record no alpha; {slider.source} is a {slider.format} "
-            "file that records its own. Drop the option."
-        )
-    _check_config(slider)
-    return slider
-
-
-def _read_file(path: Path, module_names: Iterable[str] | None, lora_alpha: float | None) -> SliderFile:
-    source = repr(str(path))
-    tensors, header = load_tensors(path)
-    save_id = header.get(SAVE_ID_KEY)
-    try:
-        metadata = SliderMetadata.from_header(header)
-    except ValueError as error:
-        raise SliderFileError(f"{source}: bad slider metadata in the header: {error}") from None
-    keys = list(tensors)
-    if keys and all(key.startswith(kohya.KOHYA_UNET_PREFIX) for key in keys):
-        try:
-            try:
-                tensors, alphas = kohya.from_kohya(tensors, module_names=module_names)
-            except ValueError:
-                # Names the model lacks: rebuild them from the UNet vocabulary, and let the fit check report them.
-                tensors, alphas = kohya.from_kohya(tensors)
-        except ValueError as error:
-            raise SliderFileError(f"{source}: {error}") from None
-        _check_lora_tensors(tensors, source)
-        config = _config_from_alphas(tensors, alphas)
-        return SliderFile(tensors, config, metadata, source, "comfyui", "unet", save_id)
-    if keys and all(key.startswith(PEFT_PREFIX) for key in keys):
-        tensors = {key.removeprefix(PEFT_PREFIX): value for key, value in tensors.items()}
-        _check_lora_tensors(tensors, source)
-        config = read_peft_config(path, source)
-        return SliderFile(tensors, _lora_config_dict(config), metadata, source, "peft", save_id=save_id)
-    if keys and any(key.startswith(kohya.NATIVE_PREFIX) for key in keys):
-        # A ComfyUI file with modules under their original names (`diffusion_model.`), the rest `transformer.`.
-        try:
-            tensors, alphas = kohya.from_comfyui_transformer(tensors, header=header)
-        except ValueError as error:
-            raise SliderFileError(f"{source}: {error}") from None
-        _check_lora_tensors(tensors, source)
-        return SliderFile(
-            tensors, _config_from_alphas(tensors, alphas), metadata, source, "comfyui", "transformer", save_id=save_id
-        )
-    for component in ("unet", "transformer"):
-        prefix = component + "."
-        if keys and all(key.startswith(prefix) for key in keys):
-            raw = header.get(_LORA_ADAPTER_METADATA_KEY)
-            if raw is None:
-                # No config: a `transformer.` file from ComfyUI-style export (scale baked, or `.alpha` keys).
-                try:
-                    tensors, alphas = kohya.from_comfyui_transformer(tensors, prefix=prefix)
-                except ValueError as error:
-                    raise SliderFileError(f"{source}: {error}") from None
-                _check_lora_tensors(tensors, source)
-                config = _config_from_alphas(tensors, alphas)
-                return SliderFile(tensors, config, metadata, source, "comfyui", component, save_id)
-            tensors = {key.removeprefix(prefix): value for key, value in tensors.items()}
-            _check_lora_tensors(tensors, source)
-            packed = _packed_config(raw, source)
-            config = {key.removeprefix(prefix): value for key, value in packed.items() if key.startswith(prefix)}
-            return SliderFile(tensors, _lora_config_dict(config), metadata, source, "diffusers", component, save_id)
-    if keys and all(re.fullmatch(r".+\.lora_[AB]\.weight", key) for key in keys):
-        return _read_checkpoint(path, tensors, header, metadata, lora_alpha)
-    shown = ", ".join(keys[:3]) if keys else "none"
-    raise SliderFileError(
-        f"{source}: keys are in no slider layout peft_slider reads (diffusers `unet.`/`transformer.`, PEFT "
-        f"`base_model.model.`, kohya `lora_unet_`, a trainer checkpoint's bare `<module>.lora_A.weight`, all in one "
-        f"file); first keys: {shown}."
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Loading into a pipeline
-
-
-def _check_fits(slider: SliderFile, denoiser: nn.Module) -> None:
-    """The slider's modules exist in the denoiser with the shapes its matrices expect."""
-    from peft import LoraConfig
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    try:
-        LoraConfig(**slider.config)
-    except (TypeError, ValueError) as error:
-        raise SliderFileError(f"{slider.source}: its LoRA config does not build a peft LoraConfig: {error}") from None
-    slider.scales()  # ranks in the config agree with the matrices
-    class_name = _class_name(denoiser) or type(denoiser).__name__
-    if slider.architecture is not None and slider.architecture != class_name:
-        raise SliderFileError(
-            f"{slider.source} is a slider for {slider.architecture}, but this pipeline's denoiser is a {class_name}. "
-            "Load it into a pipeline of its own family."
-        )
-    modules = dict(denoiser.named_modules())
-    missing = [name for name in slider.modules if name not in modules]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise SliderFileError(
-            f"{slider.source}: {len(missing)} of its {len(slider.modules)} modules do not exist in this "
-            f"{class_name}: {shown}. It was made for another model (or model size)."
-        )
-    for name in slider.modules:
-        module = modules[name]
-        if isinstance(module, BaseTunerLayer):
-            module = module.get_base_layer()
-        lora_a = slider.tensors[f"{name}.lora_A.weight"]
-        lora_b = slider.tensors[f"{name}.lora_B.weight"]
-        if isinstance(module, nn.Linear):
-            fits = (
-                lora_a.ndim == 2 and lora_a.shape[1] == module.in_features and lora_b.shape[0] == module.out_features
-            )
-        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            fits = (
-                lora_a.ndim == module.weight.ndim
-                and lora_a.shape[1] * module.groups == module.in_channels
-                and lora_b.shape[0] == module.out_channels
-            )
-        else:
-            raise SliderFileError(
-                f"{slider.source}: module {name!r} is a {type(module).__name__} in this {class_name}, not a "
-                "Linear/Conv layer a LoRA can adapt."
-            )
-        if not fits:
-            raise SliderFileError(
-                f"{slider.source}: module {name!r} has weight {tuple(module.weight.shape)} in this {class_name}, but "
-                f"the slider's matrices are lora_A {tuple(lora_a.shape)} and lora_B {tuple(lora_b.shape)}. It was "
-                "made for another model size."
-            )
-
-
-def _resolve_source(path_or_repo: str | os.PathLike, weight_name: str | None, **hub_options: Any) -> Path:
-    """A local slider file or folder, downloading from the Hub when `path_or_repo` is a repo id."""
-    path = Path(path_or_repo)
-    if path.exists():
-        return path
-    text = os.fspath(path_or_repo)
-    # A PathLike is a local path by the caller's own choice of type.
-    if isinstance(path_or_repo, os.PathLike) or not is_repo_id(text):
-        raise SliderFileError(
-            f"`path_or_repo` {text!r} is a local path that does not exist (looked at {str(path.absolute())!r}); fix "
-            "the path. (A Hub repo is named 'owner/name'.)"
-        )
-    from .hub import download_slider
-
-    return download_slider(text, weight_name=weight_name, **hub_options)
-
-
-def _adapters_of(pipe: DiffusionPipeline) -> set[str]:
-    return {name for names in pipe.get_list_adapters().values() for name in names}
-
-
-def _check_strength(strength: Any) -> float | None:
-    if strength is None:
-        return None
-    return check_finite(strength, argument="strength", expected="a finite number such as 1.0 or -0.5")
-
-
-def load_slider(
-    pipe: DiffusionPipeline,
-    path_or_repo: str | os.PathLike,
-    *,
-    adapter_name: str,
-    weight_name: str | None = None,
-    strength: float | None = None,
-    lora_alpha: float | None = None,
-    token: str | bool | None = None,
-    revision: str | None = None,
-    endpoint: str | None = None,
-) -> str:
-    """Load a slider in any format (diffusers, PEFT, kohya/ComfyUI) into a pipeline's denoiser.
-
-    The file is read and checked against the denoiser first (layout, architecture, module names and shapes); nothing
-    is added to the pipeline unless the whole slider fits, and a failure inside diffusers removes what it added.
-
-    Args:
-        pipe (`DiffusionPipeline`):
-            A pipeline with diffusers LoRA support (`load_lora_weights`).
-        path_or_repo (`str` or `os.PathLike`):
-            A `.safetensors` file, a folder written by `save_slider`, a trainer checkpoint folder (`checkpoint-N/`), or
-            a Hub repo id (``"owner/name"``; a path that does not exist is never sent to the Hub).
-        adapter_name (`str`):
-            The adapter name to load under; must be new to the pipeline.
-        weight_name (`str`, *optional*):
-            The file to read in a folder or repo; needed when a folder's slider files are not from one save.
-        strength (`float`, *optional*):
-            Set the slider's strength after loading (as `pipe.set_adapters` would, other adapters untouched).
-            Either way the adapters that were active stay active, at their weights, beside the new one (diffusers'
-            own `load_lora_weights` switches them off), so sliders compose.
-        lora_alpha (`float`, *optional*):
-            For a trainer checkpoint, which records no alpha: the training's `--lora_alpha` (see `read_slider`).
-        token (`str` or `bool`, *optional*):
-            Hub token for a private repo; by default the one `hf auth login` saved.
-        revision (`str`, *optional*):
-            Hub revision (branch, tag or commit).
-        endpoint (`str`, *optional*):
-            Hub URL; by default `HF_ENDPOINT` or https://huggingface.co.
-
-    Returns:
-        `str`: `adapter_name`.
-
-    Raises:
-        `SliderFileError`: the file is corrupted, in no known layout, made for another architecture or model size.
-
-    Example:
-
-    ```py
-    >>> import tempfile
-    >>> from peft_slider import SliderLoraConfig
-    >>> from peft_slider.formats import load_slider, save_slider
-    >>> from peft_slider.testing import build_tiny_pipeline
-    >>> pipe = build_tiny_pipeline("sdxl")
-    >>> pipe.unet.add_adapter(SliderLoraConfig(r=4, lora_alpha=8, model=pipe.unet), adapter_name="age")
-    >>> other = build_tiny_pipeline("sdxl")
-    >>> with tempfile.TemporaryDirectory() as folder:
-    ...     paths = save_slider(pipe, folder, adapter_name="age", formats=["comfyui"])
-    ...     load_slider(other, paths["comfyui"], adapter_name="age", strength=-1.0)
-    'age'
-    ```
-    """
-    if not isinstance(adapter_name, str) or not adapter_name:
-        raise ValueError(f"`adapter_name` must be a non-empty string, got {adapter_name!r}.")
-    strength = _check_strength(strength)
-    if not hasattr(pipe, "load_lora_weights"):
-        raise TypeError(
-            f"`pipe` ({type(pipe).__name__}) has no diffusers LoRA support (`load_lora_weights`); load the slider with "
-            "PEFT (`PeftModel.from_pretrained`) on its denoiser instead."
-        )
-    existing = _adapters_of(pipe)
-    if adapter_name in existing:
-        raise ValueError(
-            f"`adapter_name` {adapter_name!r} is already loaded in this pipeline; pick another name or call "
-            f"`pipe.delete_adapters({adapter_name!r})` first."
-        )
-    denoiser = denoiser_of(pipe)
-    source = _resolve_source(path_or_repo, weight_name, token=token, revision=revision, endpoint=endpoint)
-    from . import lycoris
-
-    found = lycoris.read_lycoris_slider(source / weight_name if weight_name and source.is_dir() else source)
-    if found is not None:  # a LoKr/LoHa slider: PEFT loads it, diffusers has no loader for it
-        return lycoris.load_lycoris_slider(pipe, *found, adapter_name=adapter_name, strength=strength)
-    slider = read_slider(
-        source,
-        weight_name=weight_name,
-        module_names=[name for name, _ in denoiser.named_modules() if name],
-        lora_alpha=lora_alpha,
-    )
-    _check_fits(slider, denoiser)
-    from ..training.adapters import AdapterState, active_adapter_names, adapter_layers, set_active, set_weight
-
-    previously_active = active_adapter_names(denoiser)
-    # diffusers' load switches the active adapters off (and may have on a failure): snapshot to put them back.
-    state = AdapterState(denoiser)
-    with tempfile.TemporaryDirectory() as scratch:
-        # One loading path for every format: the diffusers file this pipeline's own class writes. Loading reads no
-        # slider metadata, so the file is used as diffusers wrote it.
-        _save_with_diffusers(slider, scratch, pipeline_class=type(pipe), component=denoiser_attr(pipe))
-        try:
-            pipe.load_lora_weights(scratch, weight_name=DIFFUSERS_WEIGHT_NAME, adapter_name=adapter_name)
-            if adapter_name not in _adapters_of(pipe) - existing:
-                raise SliderFileError(f"{slider.source}: diffusers loaded nothing from the slider.")
-        except Exception as error:
-            if adapter_name in _adapters_of(pipe):
-                pipe.delete_adapters(adapter_name)
-            state.restore()
-            if isinstance(error, SliderFileError):
-                raise
-            raise SliderFileError(f"{slider.source}: diffusers could not load the slider: {error}") from error
-    # Sliders are composed: the adapters that were on stay on, at their weights and trainability, beside the new one.
-    set_active(denoiser, previously_active + [adapter_name])
-    state.restore_requires_grad()
-    if strength is not None:
-        # What diffusers' set_adapters does per layer, for this adapter only.
-        set_weight(adapter_layers(denoiser, adapter_name), adapter_name, strength)
-    # A calibrated slider's strength map, for the pipeline mixin's `calibrated=True`.
-    set_strength_map(denoiser, adapter_name, None if slider.metadata is None else slider.metadata.strength_map)
-    return adapter_name
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -517,7 +517,7 @@ def activate_adapters(
 
 def _read_peft_folder(folder: str) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
     """The config (any PEFT method) and weights of a folder written by PEFT's `save_pretrained`."""
-    # The file formats are known once, in peft_slider.formats.export (which imports neither PEFT nor diffusers at load).
+    # The file formats are known once, in peft_slider.formats.files (which imports neither PEFT nor diffusers at load).
     weights = weights_file(Path(folder), PEFT_WEIGHT_NAME)
     tensors, _ = load_tensors(weights)
     config = PeftConfig.from_peft_type(**read_peft_config(weights, repr(str(weights))))
@@ -525,7 +525,7 @@ def _read_peft_folder(folder: str) -> tuple[PeftConfig, dict[str, torch.Tensor]]
 
 
 def _lora_file_in(folder: str) -> str:
-    """The LoRA file of a diffusers folder, chosen as `peft_slider.formats.export` chooses a slider's file."""
+    """The LoRA file of a diffusers folder, chosen as `peft_slider.formats.files` chooses a slider's file."""
     files = weight_candidates(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)))
     if len(files) == 1:
         return files[0]
