@@ -822,7 +822,8 @@ class SliderTraining:
 
     def _add_slider(self) -> None:
         from peft_slider import SliderLoraConfig
-        from peft_slider.training import SliderScaler, activate_adapters, add_assistant_adapter
+        from peft_slider.formats import add_assistant_adapter
+        from peft_slider.training import SliderScaler, activate_adapters
 
         args, denoiser = self.args, self.denoiser
         config = SliderLoraConfig(

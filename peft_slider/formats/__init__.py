@@ -1,6 +1,8 @@
 # Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
 """Formats: slider files in the layouts users load, and the Hub.
 
+- `assistants`: `add_assistant_adapter`, a frozen adapter loaded beside the sliders from a PEFT folder, a LoRA file or
+  a config.
 - `files`: the file names, finding and reading a slider's weight file, `SliderFileError`.
 - `slider_file`: the slider file model (`SliderFile`), its LoraConfig dict and the checks of its tensors and config.
 - `writers`: `save_slider` and `convert_slider`, the diffusers / PEFT / ComfyUI writers, the staging of a save.
@@ -30,6 +32,7 @@ __all__ = [
     "SliderFileError",
     "SliderMetadata",
     "StrengthMap",
+    "add_assistant_adapter",
     "build_model_card",
     "comfyui_names_header",
     "convert_slider",
@@ -58,6 +61,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        "assistants": ["add_assistant_adapter"],
         "files": ["DIFFUSERS_WEIGHT_NAME", "PEFT_CONFIG_NAME", "PEFT_WEIGHT_NAME", "SliderFileError"],
         "hub": [
             "HubError",
@@ -90,6 +94,7 @@ __getattr__, __dir__ = lazy_exports(
 )
 
 if TYPE_CHECKING:
+    from .assistants import add_assistant_adapter
     from .files import DIFFUSERS_WEIGHT_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, SliderFileError
     from .hub import (
         HubError,
