@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from ..targeting.targets import denoiser_attr, denoiser_of
 from ..utils.checks import check_finite, is_repo_id
 from .files import DIFFUSERS_WEIGHT_NAME, SliderFileError
+from .metadata import SliderMetadata
 from .readers import read_slider
 from .slider_file import SliderFile
 from .strength_map import set_strength_map
@@ -108,6 +111,88 @@ def _check_strength(strength: Any) -> float | None:
     return check_finite(strength, argument="strength", expected="a finite number such as 1.0 or -0.5")
 
 
+def add_beside_active(
+    denoiser: nn.Module,
+    adapter_name: str,
+    load: Callable[[], None],
+    *,
+    delete: Callable[[], None],
+    strength: float | None,
+    failure: str,
+) -> None:
+    """
+    Adds a slider to `denoiser` with `load` and composes it with the adapters that were active.
+
+    Sliders are composed: the adapters that were on stay on, at their weights and trainability, beside the new one,
+    which gets `strength` (what diffusers' `set_adapters` sets per layer, for this adapter only) when it is given. If
+    `load` fails, `delete` removes what it added, the adapters are put back as they were (loaders switch the active
+    adapters off, and may have on a failure), and the error is raised as a `SliderFileError`: as it is when it is
+    one, else as ``f"{failure}: {error}"``.
+
+    Args:
+        denoiser (`torch.nn.Module`): The model the slider is added to.
+        adapter_name (`str`): The name `load` adds the slider under.
+        load (`Callable[[], None]`): Adds the slider, with its weights.
+        delete (`Callable[[], None]`): Removes the slider if `load` added it before failing.
+        strength (`float`, *optional*): The slider's weight; `None` keeps the one `load` set.
+        failure (`str`): What went wrong, the start of the message of an error that is not a `SliderFileError`.
+    """
+    from ..training.adapters import AdapterState, active_adapter_names, adapter_layers, set_active, set_weight
+
+    previously_active = active_adapter_names(denoiser)
+    state = AdapterState(denoiser)
+    try:
+        load()
+    except Exception as error:
+        delete()
+        state.restore()
+        if isinstance(error, SliderFileError):
+            raise
+        raise SliderFileError(f"{failure}: {error}") from error
+    set_active(denoiser, previously_active + [adapter_name])
+    state.restore_requires_grad()
+    if strength is not None:
+        set_weight(adapter_layers(denoiser, adapter_name), adapter_name, strength)
+
+
+def _load_lycoris(
+    denoiser: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    metadata: SliderMetadata | None,
+    *,
+    adapter_name: str,
+    strength: float | None,
+) -> str:
+    """Adds a LoKr/LoHa slider to the pipeline's denoiser with PEFT; adapters that were active stay active."""
+    from peft import set_peft_model_state_dict
+
+    from . import lycoris
+
+    class_name = model_class_name(denoiser) or type(denoiser).__name__
+    architecture = None if metadata is None else metadata.architecture
+    if architecture is not None and architecture != class_name:
+        raise SliderFileError(
+            f"The slider is for {architecture}, but this pipeline's denoiser is a {class_name}. Load it into a "
+            "pipeline of its own family."
+        )
+
+    def load() -> None:
+        denoiser.add_adapter(lycoris.lycoris_peft_config(config), adapter_name)
+        result = set_peft_model_state_dict(denoiser, tensors, adapter_name=adapter_name)
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
+        if unexpected:
+            raise SliderFileError(f"{len(unexpected)} weight(s) fit no module of this denoiser: {unexpected[:3]}.")
+
+    def delete() -> None:
+        if adapter_name in (getattr(denoiser, "peft_config", None) or {}):
+            denoiser.delete_adapters(adapter_name)
+
+    failure = f"PEFT could not load the {lycoris.lycoris_type(config)} slider"
+    add_beside_active(denoiser, adapter_name, load, delete=delete, strength=strength, failure=failure)
+    return adapter_name
+
+
 def load_slider(
     pipe: DiffusionPipeline,
     path_or_repo: str | os.PathLike,
@@ -190,7 +275,7 @@ def load_slider(
 
     found = lycoris.read_lycoris_slider(source / weight_name if weight_name and source.is_dir() else source)
     if found is not None:  # a LoKr/LoHa slider: PEFT loads it, diffusers has no loader for it
-        return lycoris.load_lycoris_slider(pipe, *found, adapter_name=adapter_name, strength=strength)
+        return _load_lycoris(denoiser, *found, adapter_name=adapter_name, strength=strength)
     slider = read_slider(
         source,
         weight_name=weight_name,
@@ -198,32 +283,28 @@ def load_slider(
         lora_alpha=lora_alpha,
     )
     _check_fits(slider, denoiser)
-    from ..training.adapters import AdapterState, active_adapter_names, adapter_layers, set_active, set_weight
-
-    previously_active = active_adapter_names(denoiser)
-    # diffusers' load switches the active adapters off (and may have on a failure): snapshot to put them back.
-    state = AdapterState(denoiser)
     with tempfile.TemporaryDirectory() as scratch:
         # One loading path for every format: the diffusers file this pipeline's own class writes. Loading reads no
         # slider metadata, so the file is used as diffusers wrote it.
         save_with_diffusers(slider, scratch, pipeline_class=type(pipe), component=denoiser_attr(pipe))
-        try:
+
+        def load() -> None:
             pipe.load_lora_weights(scratch, weight_name=DIFFUSERS_WEIGHT_NAME, adapter_name=adapter_name)
             if adapter_name not in _adapters_of(pipe) - existing:
                 raise SliderFileError(f"{slider.source}: diffusers loaded nothing from the slider.")
-        except Exception as error:
+
+        def delete() -> None:
             if adapter_name in _adapters_of(pipe):
                 pipe.delete_adapters(adapter_name)
-            state.restore()
-            if isinstance(error, SliderFileError):
-                raise
-            raise SliderFileError(f"{slider.source}: diffusers could not load the slider: {error}") from error
-    # Sliders are composed: the adapters that were on stay on, at their weights and trainability, beside the new one.
-    set_active(denoiser, previously_active + [adapter_name])
-    state.restore_requires_grad()
-    if strength is not None:
-        # What diffusers' set_adapters does per layer, for this adapter only.
-        set_weight(adapter_layers(denoiser, adapter_name), adapter_name, strength)
+
+        add_beside_active(
+            denoiser,
+            adapter_name,
+            load,
+            delete=delete,
+            strength=strength,
+            failure=f"{slider.source}: diffusers could not load the slider",
+        )
     # A calibrated slider's strength map, for the pipeline mixin's `calibrated=True`.
     set_strength_map(denoiser, adapter_name, None if slider.metadata is None else slider.metadata.strength_map)
     return adapter_name
