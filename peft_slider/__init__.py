@@ -36,10 +36,11 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "formats.export": ["convert_slider", "load_slider", "save_slider"],
+        "formats.loading": ["load_slider"],
         "formats.files": ["SliderFileError"],
         "formats.hub": ["HubError", "push_slider_to_hub"],
         "formats.metadata": ["SliderMetadata"],
+        "formats.writers": ["convert_slider", "save_slider"],
         "inference.pipeline": ["SliderPipelineMixin", "enable_sliders"],
         "targeting.config": ["SliderLoHaConfig", "SliderLoKrConfig", "SliderLoraConfig"],
         "targeting.targets": ["TargetingError"],
@@ -49,10 +50,11 @@ __getattr__, __dir__ = lazy_exports(
 )
 
 if TYPE_CHECKING:
-    from .formats.export import convert_slider, load_slider, save_slider
     from .formats.files import SliderFileError
     from .formats.hub import HubError, push_slider_to_hub
+    from .formats.loading import load_slider
     from .formats.metadata import SliderMetadata
+    from .formats.writers import convert_slider, save_slider
     from .inference.pipeline import SliderPipelineMixin, enable_sliders
     from .targeting.config import SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig
     from .targeting.targets import TargetingError

@@ -1,5 +1,6 @@
 # Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
-"""Tests for peft_slider.training.adapters: frozen assistant adapters beside a trainable slider.
+"""Tests for peft_slider.training.adapters and peft_slider.formats.assistants: frozen assistant adapters beside a
+trainable slider.
 
 Real PEFT models (get_peft_model on a small MLP) and real diffusers models (a tiny UNet2DConditionModel and
 FluxTransformer2DModel carrying adapters through `add_adapter`), real safetensors files written by PEFT's
@@ -37,12 +38,13 @@ from test_scaling import (
 )
 from torch import nn
 
+from peft_slider.formats import assistants
+from peft_slider.formats.assistants import add_assistant_adapter
 from peft_slider.training import adapters
 from peft_slider.training.adapters import (
     activate_adapters,
     active_adapter_names,
     adapter_names,
-    add_assistant_adapter,
     freeze_adapter,
     frozen_adapter_names,
     slider_adapter_names,
@@ -362,8 +364,9 @@ def test_bad_diffusers_source_raises_and_leaves_model_unchanged(tmp_path, kind, 
     _same_state(_adapters_state(model), before)
 
 
-def test_docstring_examples():
-    result = doctest.testmod(adapters, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+@pytest.mark.parametrize("module", [adapters, assistants], ids=lambda module: module.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
 

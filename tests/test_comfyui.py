@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from peft_slider import SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig, SliderScaler
-from peft_slider.formats.export import save_slider
+from peft_slider.formats.writers import save_slider
 from peft_slider.targeting.architectures import ARCHITECTURES, FAMILY_ALIASES
 from peft_slider.targeting.full_size import build_meta_model
 

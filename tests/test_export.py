@@ -27,10 +27,12 @@ from safetensors.torch import load_file, save_file
 
 from peft_slider import SliderLoraConfig
 from peft_slider.cli import main
-from peft_slider.formats.export import convert_slider, load_slider, read_slider, save_slider
 from peft_slider.formats.files import SliderFileError
 from peft_slider.formats.hub import HubError
+from peft_slider.formats.loading import load_slider
 from peft_slider.formats.metadata import SliderMetadata, read_safetensors_header
+from peft_slider.formats.readers import read_slider
+from peft_slider.formats.writers import convert_slider, save_slider
 from peft_slider.targeting.config import SLIDER_ONLY_FIELDS
 from peft_slider.testing.tiny_pipelines import (
     build_tiny_pipeline,
@@ -582,7 +584,7 @@ _KILLED_SAVE = """
 import sys, time
 import safetensors.torch, torch
 from peft_slider import SliderLoraConfig
-from peft_slider.formats.export import save_slider
+from peft_slider.formats.writers import save_slider
 from peft_slider.formats.metadata import SliderMetadata
 from peft_slider.testing.tiny_pipelines import build_tiny_pipeline
 

@@ -16,7 +16,6 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from peft_slider import SliderLoraConfig
-from peft_slider.formats.export import load_slider, save_slider
 from peft_slider.formats.hub import (
     HubError,
     build_model_card,
@@ -24,7 +23,9 @@ from peft_slider.formats.hub import (
     slider_files_to_upload,
     write_model_card,
 )
+from peft_slider.formats.loading import load_slider
 from peft_slider.formats.metadata import SliderMetadata, read_safetensors_header
+from peft_slider.formats.writers import save_slider
 from peft_slider.testing.tiny_pipelines import build_tiny_pipeline, capture_denoiser_inputs, tiny_call_kwargs
 from tests.hub_server import StandInHub
 

@@ -19,12 +19,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "peft_slider"
 
 # The rooms, bottom to top: a room imports from the rooms before it, never from one after it (see ARCHITECTURE.md).
 ROOMS = ("utils", "targeting", "training", "formats", "inference", "evaluation", "testing", "cli")
-# Room edges that still run backwards, each with the change that removes it.
-KNOWN_BACK_EDGES = {
-    # `add_assistant_adapter` reads PEFT folders with `formats.files`; goes away when adapters.py's assistant loading
-    # and its tuner-layer helpers (snapshot, names, activation) become two modules.
-    ("training", "formats"),
-}
 
 
 def _module_name(path: Path) -> str:
@@ -160,7 +154,7 @@ def test_rooms_import_only_from_rooms_below():
                 continue  # the package's front door (`peft_slider/__init__.py`, `__main__.py`) sits above every room
             if ROOMS.index(target_room) > ROOMS.index(source_room):
                 backwards.add((source_room, target_room))
-    assert backwards == KNOWN_BACK_EDGES
+    assert backwards == set()
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 from peft_slider import SliderLoraConfig
-from peft_slider.formats.export import save_slider
 from peft_slider.formats.kohya import (
     COMFYUI_LAYOUTS,
     COMFYUI_NAMES,
@@ -28,6 +27,7 @@ from peft_slider.formats.kohya import (
     to_kohya,
     unet_module_name,
 )
+from peft_slider.formats.writers import save_slider
 from peft_slider.targeting.full_size import build_meta_model
 from peft_slider.testing.tiny_pipelines import build_tiny_pipeline, denoiser_of
 

@@ -10,8 +10,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from peft_slider import SliderLoHaConfig, SliderLoKrConfig
-from peft_slider.formats.export import convert_slider, load_slider, save_slider
+from peft_slider.formats.loading import load_slider
 from peft_slider.formats.metadata import SliderMetadata, read_safetensors_header
+from peft_slider.formats.writers import convert_slider, save_slider
 from peft_slider.testing.tiny_pipelines import (
     build_tiny_pipeline,
     capture_denoiser_inputs,
@@ -103,7 +104,7 @@ def test_lycoris_cannot_be_fused_for_comfyui():
 
 
 def test_truncated_lycoris_file_is_a_slider_file_error(tmp_path):
-    from peft_slider.formats.export import SliderFileError
+    from peft_slider.formats.files import SliderFileError
 
     pipe, _, _ = _trained("sd15", "loha")
     path = save_slider(pipe, tmp_path, adapter_name="slider", formats=["comfyui"])["comfyui"]
@@ -114,7 +115,7 @@ def test_truncated_lycoris_file_is_a_slider_file_error(tmp_path):
 
 
 def test_lycoris_slider_for_another_architecture_is_refused(tmp_path):
-    from peft_slider.formats.export import SliderFileError
+    from peft_slider.formats.files import SliderFileError
 
     pipe, _, _ = _trained("sd15", "lokr")
     save_slider(pipe, tmp_path, adapter_name="slider", formats=["peft"])

@@ -23,11 +23,11 @@ from peft import LoHaConfig, LoKrConfig, LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from peft_slider.formats.assistants import add_assistant_adapter
 from peft_slider.training import scaling
 from peft_slider.training.adapters import (
     activate_adapters,
     active_adapter_names,
-    add_assistant_adapter,
     slider_adapter_names,
 )
 from peft_slider.training.scaling import SliderScaler, slider_strength

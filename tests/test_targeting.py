@@ -12,7 +12,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from peft_slider import SliderLoHaConfig, SliderLoKrConfig, SliderLoraConfig
-from peft_slider.formats.export import save_slider
+from peft_slider.formats.writers import save_slider
 from peft_slider.targeting.architectures import ARCHITECTURES
 from peft_slider.targeting.config import REFUSED_PEFT_OPTIONS
 from peft_slider.targeting.full_rank import make_full_rank_trainable

@@ -822,7 +822,8 @@ class SliderTraining:
 
     def _add_slider(self) -> None:
         from peft_slider import SliderLoraConfig
-        from peft_slider.training import SliderScaler, activate_adapters, add_assistant_adapter
+        from peft_slider.formats import add_assistant_adapter
+        from peft_slider.training import SliderScaler, activate_adapters
 
         args, denoiser = self.args, self.denoiser
         config = SliderLoraConfig(
@@ -1171,7 +1172,7 @@ class SliderTraining:
         The slider files, the sweep and the statistic are written into a staging folder and moved into the output
         folder only when all of them are complete, so a failure leaves the previous files (if any) as they were.
         """
-        from peft_slider.formats.export import save_slider
+        from peft_slider.formats.writers import save_slider
 
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()

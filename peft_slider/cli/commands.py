@@ -72,7 +72,7 @@ def _inspect_list(*, as_json: bool) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ..formats.export import convert_slider
+    from ..formats.writers import convert_slider
 
     path = convert_slider(
         args.src,
@@ -125,7 +125,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.calibration import write_calibration
     from ..evaluation.evaluate import evaluate_slider
     from ..evaluation.metrics import NoEffectError
-    from ..formats.export import load_slider
+    from ..formats.loading import load_slider
     from ..inference.pipeline import enable_sliders
 
     try:

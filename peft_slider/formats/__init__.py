@@ -1,9 +1,13 @@
 # Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
 """Formats: slider files in the layouts users load, and the Hub.
 
+- `assistants`: `add_assistant_adapter`, a frozen adapter loaded beside the sliders from a PEFT folder, a LoRA file or
+  a config.
 - `files`: the file names, finding and reading a slider's weight file, `SliderFileError`.
-- `export`: the slider file model (`SliderFile`), the writers (`save_slider`, `convert_slider`), the reader of every
-  layout (`read_slider`) and the loader (`load_slider`).
+- `slider_file`: the slider file model (`SliderFile`), its LoraConfig dict and the checks of its tensors and config.
+- `writers`: `save_slider` and `convert_slider`, the diffusers / PEFT / ComfyUI writers, the staging of a save.
+- `readers`: `read_slider`, the layout detection, trainer checkpoints.
+- `loading`: `load_slider`, checked against the pipeline's denoiser.
 - `kohya`: the kohya / ComfyUI key layouts.
 - `metadata`: `SliderMetadata`, the `peft_slider.*` safetensors header keys.
 - `hub`: model cards, `push_slider_to_hub`, `download_slider`.
@@ -28,6 +32,7 @@ __all__ = [
     "SliderFileError",
     "SliderMetadata",
     "StrengthMap",
+    "add_assistant_adapter",
     "build_model_card",
     "comfyui_names_header",
     "convert_slider",
@@ -56,7 +61,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "export": ["FORMATS", "SliderFile", "convert_slider", "load_slider", "read_slider", "save_slider"],
+        "assistants": ["add_assistant_adapter"],
         "files": ["DIFFUSERS_WEIGHT_NAME", "PEFT_CONFIG_NAME", "PEFT_WEIGHT_NAME", "SliderFileError"],
         "hub": [
             "HubError",
@@ -78,14 +83,18 @@ __getattr__, __dir__ = lazy_exports(
             "to_kohya",
             "unet_module_name",
         ],
+        "loading": ["load_slider"],
         "lycoris": ["HEADER_KEY", "LYCORIS_WEIGHTS", "from_comfyui_lycoris", "to_comfyui_lycoris"],
         "metadata": ["HEADER_PREFIX", "SliderMetadata", "public_model_name", "read_safetensors_header"],
+        "readers": ["read_slider"],
+        "slider_file": ["SliderFile"],
         "strength_map": ["StrengthMap", "get_strength_map", "set_strength_map"],
+        "writers": ["FORMATS", "convert_slider", "save_slider"],
     },
 )
 
 if TYPE_CHECKING:
-    from .export import FORMATS, SliderFile, convert_slider, load_slider, read_slider, save_slider
+    from .assistants import add_assistant_adapter
     from .files import DIFFUSERS_WEIGHT_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHT_NAME, SliderFileError
     from .hub import (
         HubError,
@@ -107,6 +116,10 @@ if TYPE_CHECKING:
         to_kohya,
         unet_module_name,
     )
+    from .loading import load_slider
     from .lycoris import HEADER_KEY, LYCORIS_WEIGHTS, from_comfyui_lycoris, to_comfyui_lycoris
     from .metadata import HEADER_PREFIX, SliderMetadata, public_model_name, read_safetensors_header
+    from .readers import read_slider
+    from .slider_file import SliderFile
     from .strength_map import StrengthMap, get_strength_map, set_strength_map
+    from .writers import FORMATS, convert_slider, save_slider

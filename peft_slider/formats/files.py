@@ -2,8 +2,8 @@
 """A slider's files: their names, finding the weight file in a folder or a Hub repo's listing, reading its tensors and
 header and a PEFT file's `adapter_config.json`, and the error for a file that cannot be read.
 
-The writers, the readers of each layout and the loader (`peft_slider.formats.export`), the Hub (`peft_slider.formats.hub`)
-and the assistant-adapter loader (`peft_slider.training.adapters`) all find and read files through these helpers.
+The writers (`peft_slider.formats.writers`), the readers of each layout (`peft_slider.formats.readers`), the loader
+(`peft_slider.formats.loading`), the Hub (`peft_slider.formats.hub`) and the assistant-adapter loader (`peft_slider.training.adapters`) all find and read files through these helpers.
 """
 
 from __future__ import annotations

@@ -326,56 +326,11 @@ def read_lycoris_slider(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     return tensors, config, metadata
 
 
-def load_lycoris_slider(
-    pipe: Any,
-    tensors: dict[str, torch.Tensor],
-    config: dict[str, Any],
-    metadata: SliderMetadata | None,
-    *,
-    adapter_name: str,
-    strength: float | None,
-) -> str:
-    """Adds a LoKr/LoHa slider to the pipeline's denoiser with PEFT; adapters that were active stay active."""
-    from peft import set_peft_model_state_dict
-
-    from ..targeting.targets import TargetingError, denoiser_of, find_architecture
-    from ..training.adapters import AdapterState, active_adapter_names, adapter_layers, set_active, set_weight
-
-    denoiser = denoiser_of(pipe)
-    try:
-        class_name = find_architecture(denoiser).class_name
-    except (TargetingError, TypeError):
-        class_name = type(denoiser).__name__
-    architecture = None if metadata is None else metadata.architecture
-    if architecture is not None and architecture != class_name:
-        raise SliderFileError(
-            f"The slider is for {architecture}, but this pipeline's denoiser is a {class_name}. Load it into a "
-            "pipeline of its own family."
-        )
+def lycoris_peft_config(config: Mapping[str, Any]) -> Any:
+    """The PEFT `LoKrConfig` / `LoHaConfig` of a LoKr/LoHa slider's config dict, the fields PEFT does not know dropped."""
     peft_type = lycoris_type(config)
     plain = _plain_config(config, peft_type)
-    previously_active = active_adapter_names(denoiser)
-    state = AdapterState(denoiser)
-    try:
-        denoiser.add_adapter(
-            _config_class(peft_type)(**{k: v for k, v in plain.items() if k != "peft_type"}), adapter_name
-        )
-        result = set_peft_model_state_dict(denoiser, tensors, adapter_name=adapter_name)
-        unexpected = list(getattr(result, "unexpected_keys", []) or [])
-        if unexpected:
-            raise SliderFileError(f"{len(unexpected)} weight(s) fit no module of this denoiser: {unexpected[:3]}.")
-    except Exception as error:
-        if adapter_name in (getattr(denoiser, "peft_config", None) or {}):
-            denoiser.delete_adapters(adapter_name)
-        state.restore()
-        if isinstance(error, SliderFileError):
-            raise
-        raise SliderFileError(f"PEFT could not load the {peft_type} slider: {error}") from error
-    set_active(denoiser, previously_active + [adapter_name])
-    state.restore_requires_grad()
-    if strength is not None:
-        set_weight(adapter_layers(denoiser, adapter_name), adapter_name, strength)
-    return adapter_name
+    return _config_class(peft_type)(**{k: v for k, v in plain.items() if k != "peft_type"})
 
 
 def convert_lycoris_slider(

@@ -5,8 +5,9 @@
 - `data`: slider datasets (`SliderDataset`, `SliderConcatDataset`, `ImageCaptionFolder`, SimpleTuner configs).
 - `objectives`: noise, targets and losses per scheduler family, and what neutral batches train.
 - `scaling`: `SliderScaler`, the slider's signed strength on its adapters' scales, restored exactly.
-- `adapters`: which adapters are sliders, frozen assistant adapters, and the tuner-layer helpers (names, activation,
-  the `AdapterState` snapshot) the loader and the pipeline mixin use too.
+- `adapters`: which adapters are sliders and which are frozen, and the tuner-layer helpers (names, activation, the
+  `AdapterState` snapshot) the loaders and the pipeline mixin use too. Loading an assistant adapter from a file is
+  `peft_slider.formats.assistants`.
 """
 
 from typing import TYPE_CHECKING
@@ -36,7 +37,6 @@ __all__ = [
     "activate_adapters",
     "active_adapter_names",
     "adapter_names",
-    "add_assistant_adapter",
     "batch_strength",
     "freeze_adapter",
     "frozen_adapter_names",
@@ -56,7 +56,6 @@ __getattr__, __dir__ = lazy_exports(
             "activate_adapters",
             "active_adapter_names",
             "adapter_names",
-            "add_assistant_adapter",
             "freeze_adapter",
             "frozen_adapter_names",
             "slider_adapter_names",
@@ -92,7 +91,6 @@ if TYPE_CHECKING:
         activate_adapters,
         active_adapter_names,
         adapter_names,
-        add_assistant_adapter,
         freeze_adapter,
         frozen_adapter_names,
         slider_adapter_names,
