@@ -852,7 +852,8 @@ def test_local_base_model_paths_are_not_recorded(base_model, recorded, warns, tw
 
 
 def _checkpoint(pipe, adapter_name: str, run: Path, step: int = 300) -> Path:
-    """What the trainer's save hook writes: `get_peft_model_state_dict` in a safetensors file, beside accelerate's."""
+    """The files of a checkpoint of examples/train_slider: `get_peft_model_state_dict` in `slider_adapter.safetensors`,
+    beside the optimizer state (another safetensors file) and JSON state."""
     from peft.utils import get_peft_model_state_dict
 
     folder = run / f"checkpoint-{step}"
@@ -861,7 +862,8 @@ def _checkpoint(pipe, adapter_name: str, run: Path, step: int = 300) -> Path:
     save_file(
         {key: value.detach().cpu().contiguous() for key, value in state.items()}, folder / "slider_adapter.safetensors"
     )
-    (folder / "optimizer.bin").write_bytes(b"accelerate optimizer state")
+    save_file({"state.0.exp_avg": torch.zeros(3)}, folder / "optimizer.safetensors")
+    (folder / "training_state.json").write_text('{"step": 300}')
     return folder
 
 

@@ -61,6 +61,11 @@ def _packed_config(raw: str, source: str) -> dict[str, Any]:
     return packed
 
 
+def _is_checkpoint_folder(folder: Path) -> bool:
+    """Whether `folder` is a trainer checkpoint (`checkpoint-N/` holding `slider_adapter.safetensors`)."""
+    return re.fullmatch(r"checkpoint-\d+", folder.name) is not None and (folder / CHECKPOINT_WEIGHT_NAME).is_file()
+
+
 def _run_slider(path: Path) -> SliderFile | None:
     """The finished slider of the training run a checkpoint file belongs to (`<run>/checkpoint-N/<file>`), if any: its
     PEFT file, the one format that keeps the trained alpha (the diffusers file bakes the scale into its weights)."""
@@ -159,7 +164,9 @@ def read_slider(
     if lora_alpha is not None:
         lora_alpha = check_finite(lora_alpha, argument="lora_alpha", expected="a finite number such as 16.0")
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and weight_name is None and _is_checkpoint_folder(path):
+        path = path / CHECKPOINT_WEIGHT_NAME  # the slider; the optimizer state beside it is not one
+    elif path.is_dir():
         path = weights_file(path, weight_name)
     elif not path.is_file():
         raise SliderFileError(f"{str(path)!r} does not exist (no such file or folder); check the path.")
