@@ -134,6 +134,12 @@ def test_help_and_version_import_nothing_heavy():
 
 
 def test_inspect_of_a_built_in_imports_neither_diffusers_nor_peft():
+    stored_version = full_size._stored_trees()[0]
+    if stored_version != full_size._diffusers_version():
+        # On another diffusers the tree is built with diffusers (see the fallback test below).
+        pytest.skip(
+            f"the stored trees are diffusers {stored_version}'s; diffusers {full_size._diffusers_version()} is installed"
+        )
     code = (
         "import contextlib, io, json, sys\nfrom peft_slider.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n    code = main(['inspect', 'flux'])\n"
