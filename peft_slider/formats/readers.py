@@ -41,6 +41,8 @@ __all__ = ["read_slider"]
 # The file a trainer checkpoint (`checkpoint-N/`, examples/train_slider) holds the slider's weights in: PEFT keys without
 # prefix, no config and no header metadata.
 CHECKPOINT_WEIGHT_NAME = "slider_adapter.safetensors"
+# The name of a trainer checkpoint folder.
+_CHECKPOINT_FOLDER = re.compile(r"checkpoint-\d+")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -63,14 +65,14 @@ def _packed_config(raw: str, source: str) -> dict[str, Any]:
 
 def _is_checkpoint_folder(folder: Path) -> bool:
     """Whether `folder` is a trainer checkpoint (`checkpoint-N/` holding `slider_adapter.safetensors`)."""
-    return re.fullmatch(r"checkpoint-\d+", folder.name) is not None and (folder / CHECKPOINT_WEIGHT_NAME).is_file()
+    return _CHECKPOINT_FOLDER.fullmatch(folder.name) is not None and (folder / CHECKPOINT_WEIGHT_NAME).is_file()
 
 
 def _run_slider(path: Path) -> SliderFile | None:
     """The finished slider of the training run a checkpoint file belongs to (`<run>/checkpoint-N/<file>`), if any: its
     PEFT file, the one format that keeps the trained alpha (the diffusers file bakes the scale into its weights)."""
     run_file = path.parent.parent / PEFT_WEIGHT_NAME
-    if not re.fullmatch(r"checkpoint-\d+", path.parent.name) or not run_file.is_file():
+    if not _CHECKPOINT_FOLDER.fullmatch(path.parent.name) or not run_file.is_file():
         return None
     try:
         return read_slider(run_file)
