@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from ..utils.imports import lazy_exports
 
 __all__ = [
+    "ACTIONS",
+    "AnchorPrompt",
     "DenoisingObjective",
     "EpsilonObjective",
     "FlowMatchingObjective",
@@ -24,6 +26,8 @@ __all__ = [
     "NEUTRAL_OBJECTIVES",
     "NeutralObjective",
     "NoisyBatch",
+    "PromptSet",
+    "PromptSliderSpec",
     "SLIDER_GROUPS",
     "SliderBackend",
     "SliderBatchInfo",
@@ -83,6 +87,7 @@ __getattr__, __dir__ = lazy_exports(
         ],
         "sampler": ["SLIDER_GROUPS", "SliderBackend", "SliderBatchInfo", "SliderBatchSampler", "slider_group"],
         "scaling": ["MAX_STRENGTH", "SliderScaler", "Strength", "slider_strength"],
+        "text_prompts": ["ACTIONS", "AnchorPrompt", "PromptSet", "PromptSliderSpec"],
     },
 )
 
@@ -116,5 +121,22 @@ if TYPE_CHECKING:
         neutral_strength,
         objective_from_scheduler,
     )
-    from .sampler import SLIDER_GROUPS, SliderBackend, SliderBatchInfo, SliderBatchSampler, slider_group
-    from .scaling import MAX_STRENGTH, SliderScaler, Strength, slider_strength
+    from .sampler import (
+        SLIDER_GROUPS,
+        SliderBackend,
+        SliderBatchInfo,
+        SliderBatchSampler,
+        slider_group,
+    )
+    from .scaling import (
+        MAX_STRENGTH,
+        SliderScaler,
+        Strength,
+        slider_strength,
+    )
+    from .text_prompts import (
+        ACTIONS,
+        AnchorPrompt,
+        PromptSet,
+        PromptSliderSpec,
+    )
