@@ -168,6 +168,16 @@ def test_bad_options_fail_clearly(tmp_path, arguments, match):
         (["--checkpoints_total_limit", "0"], "--checkpoints_total_limit"),
         (["--pretrained_model_name_or_path", "/no/such/model"], "`--pretrained_model_name_or_path` '/no/such/model'"),
         (["--dataloader_config", "/no/such/data.json"], "`--dataloader_config` '/no/such/data.json'"),
+        (["--mode", "text"], "--mode: invalid choice: 'text'"),
+        (["--mode", "pairs", "--dataloader_config", "x.json"], "`--dataloader_config` is the data of --mode images"),
+        (
+            ["--prompts_file", "p.yaml"],
+            "`--prompts_file` is the data of --mode prompts, but this run is --mode images",
+        ),
+        (["--mode", "prompts", "--prompts_file", "/no/such.yaml"], "`--prompts_file` '/no/such.yaml' is not a file"),
+        (["--mode", "pairs", "--pairs", "/no/such/pairs"], "`--pairs` '/no/such/pairs' does not exist"),
+        (["--mode", "pairs", "--pair_strength", "-1"], "`--pair_strength` must be > 0"),
+        (["--mode", "prompts", "--rollout_steps", "1"], "`--rollout_steps` must be >= 2"),
     ],
 )
 def test_bad_options_exit_2_before_the_first_step(tmp_path, capsys, arguments, match):
@@ -429,10 +439,70 @@ def test_default_run_learns_a_signed_monotonic_direction(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Prompts and pairs modes
+
+
+@pytest.mark.parametrize("mode", ["prompts", "pairs"])
+def test_mode_learns_a_signed_monotonic_direction(tmp_path, mode):
+    # The README's command for the mode: the toy data of the mode, the tiny FLUX.1 base fitted to it, defaults.
+    result = train_slider.main(train_slider.parse_args(["--mode", mode, "--output_dir", str(tmp_path)]))
+    strengths = [-2.0, -1.0, 0.0, 1.0, 2.0]
+    call = {"num_inference_steps": 8, "guidance_scale": 1.0, "max_sequence_length": 16}
+    base = DiffusionPipeline.from_pretrained(tmp_path / "toy" / "tiny-flux-base")
+    base.set_progress_bar_config(disable=True)
+    base_latents = toy.sweep_outputs(base, [0.0], **call)[0]
+    base.load_lora_weights(tmp_path)
+    latents = toy.sweep_outputs(base, strengths, **call)
+    images = toy.sweep_outputs(base, strengths, output_type="pt", **call)
+
+    torch.testing.assert_close(latents[2], base_latents, rtol=0, atol=0)  # strength 0 is the base, bit for bit
+    direction = toy.concept_direction(base, tmp_path / "toy" / "data" / "multidatabackend.json")
+    projection = toy.concept_statistic(latents, direction)
+    brightness = toy.lighting_statistic(images)
+    assert toy.is_increasing(projection), projection
+    assert toy.is_increasing(brightness), brightness
+    for got, want in zip(projection, result.concept_statistic["latent_projection"].values()):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+    assert (tmp_path / "sweep.png").is_file()
+    records = log_records(tmp_path)
+    assert {r["trained_strength"] for r in records} == {1.0}  # each step trains +s and -s in one pass
+    assert records[-1]["loss"] < records[-1]["base_loss"]
+
+
+@pytest.mark.parametrize("mode", ["prompts", "pairs"])
+def test_mode_resumes_bit_for_bit(tmp_path, mode):
+    common = ["--mode", mode, "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_prompts", ""]
+    straight = tmp_path / "straight"
+    run(straight, *common)
+    resumed = tmp_path / "resumed"
+    resume_copy(straight, resumed, "checkpoint-3")
+    run(resumed, *common, "--resume_from_checkpoint", "latest")
+    full, tail = log_records(straight), log_records(resumed)
+    assert [r["step"] for r in tail] == [4, 5, 6]
+    assert [r["loss"] for r in tail] == [r["loss"] for r in full[3:]]
+    expected = lora_state(straight)
+    for key, value in lora_state(resumed).items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
+
+
+def test_prompts_mode_reads_a_bad_prompt_file_as_a_usage_error(tmp_path, capsys):
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("- target: a photo of a room\n  positive: a room\n  unconditional: a street\n  colour: red\n")
+    with pytest.raises(SystemExit) as exit_info:
+        train_slider.cli(
+            ["--output_dir", str(tmp_path / "out"), *QUICK, "--mode", "prompts", "--prompts_file", str(prompts)]
+        )
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "prompts.yaml" in error and "colour" in error and "Traceback" not in error
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Two processes
 
 
-def test_two_process_gloo_run_trains_the_planned_strengths(tmp_path):
+@pytest.mark.parametrize("mode", ["images", "prompts", "pairs"])
+def test_two_process_gloo_run_trains_the_planned_strengths(tmp_path, mode):
     from peft_slider.training.data import SliderConcatDataset, load_simpletuner_backends
     from peft_slider.training.sampler import SliderBatchSampler
 
@@ -447,6 +517,8 @@ def test_two_process_gloo_run_trains_the_planned_strengths(tmp_path):
         str(EXAMPLE / "train_slider.py"),
         "--output_dir",
         str(tmp_path),
+        "--mode",
+        mode,
         "--max_train_steps",
         "4",
         "--validation_prompts",
@@ -457,6 +529,12 @@ def test_two_process_gloo_run_trains_the_planned_strengths(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "Processes: 2" in completed.stderr
     records = log_records(tmp_path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
+    if mode != "images":
+        # One paired backend: every step trains +s and -s together, on each rank's own share of it.
+        assert {(r["backend"], r["trained_strength"]) for r in records} == {(records[0]["backend"], 1.0)}
+        return
     # Per step, both ranks train one backend; a global batch of 2 x 4 empties an 8-image backend in one step.
     backends = SliderConcatDataset(load_simpletuner_backends(tmp_path / "toy" / "data" / "multidatabackend.json"))
     sampler = SliderBatchSampler(backends.backends, batch_size=4, seed=0, num_replicas=2, rank=0)
@@ -465,7 +543,6 @@ def test_two_process_gloo_run_trains_the_planned_strengths(tmp_path):
         sampler.set_epoch(epoch)
         planned += [(epoch, info.backend) for info in sampler.plan()]
     assert [(r["epoch"], r["backend"]) for r in records] == planned[:4]
-    assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

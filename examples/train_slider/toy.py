@@ -45,13 +45,33 @@ DEFAULT_SEEDS = (0, 1, 2, 3)
 
 
 def _toy_images(sign: float, count: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` images in [-1, 1]: a left-to-right ramp of slope `sign * U(0.6, 0.9)` around a random level, textured."""
+    """`count` images in [-1, 1]: a left-to-right ramp of slope `sign * U(0.6, 0.9)` on a scene (`toy_scenes`)."""
     x = torch.linspace(-1.0, 1.0, resolution).view(1, 1, 1, resolution)
     slope = sign * (0.6 + 0.3 * torch.rand(count, 1, 1, 1, generator=generator))
+    return (toy_scenes(count, resolution, generator) + slope * x).clamp(-1.0, 1.0)
+
+
+def toy_scenes(count: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` unlit scenes: a random level, a colour tint and a texture, before any light ramp is added."""
     level = 0.2 * (torch.rand(count, 1, 1, 1, generator=generator) - 0.5)
     tint = 0.1 * (torch.rand(count, 3, 1, 1, generator=generator) - 0.5)
     texture = 0.1 * torch.randn(count, 3, resolution, resolution, generator=generator)
-    return (level + tint + slope * x + texture).clamp(-1.0, 1.0)
+    return level + tint + texture
+
+
+def _save_png(image: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    array = ((image + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(array, mode="RGB").save(path)
+
+
+def _caption(mode: str, index: int, sign: float) -> str:
+    caption = CAPTIONS[index % len(CAPTIONS)]
+    if mode == "prompts" and sign != 0:
+        # The prompts mode's base must tie the light to words, so its prompt sets can select it.
+        caption += f" with light from the {'right' if sign > 0 else 'left'}"
+    return caption
 
 
 def write_toy_dataset(
@@ -61,6 +81,7 @@ def write_toy_dataset(
     resolution: int = 32,
     seed: int = 0,
     data_dir: str | Path | None = None,
+    mode: str = "images",
 ) -> Path:
     """Write the toy dataset (PNG + .txt captions per bucket), its dataloader JSON and a validation prompt library.
 
@@ -71,13 +92,16 @@ def write_toy_dataset(
         seed (`int`, *optional*, defaults to `0`): Seed of the images.
         data_dir (`str` or `pathlib.Path`, *optional*): Where the JSON says the buckets are, when `folder` is a
             staging folder that will be renamed to `data_dir`; defaults to `folder`.
+        mode (`str`, *optional*, defaults to `"images"`): The trainer's mode. `"images"`: the buckets share their
+            captions. `"pairs"`: also `pairs/before/` (lit from the left) and `pairs/after/` (the same scene lit from
+            the right), matched by file name, captions in `after/`. `"prompts"`: the lit buckets' captions name the
+            light ("... with light from the right"), so the base fitted to them ties the light to those words, and
+            `prompts.yaml` (Concept Sliders' format) asks for a slider between the two.
 
     Returns:
         `pathlib.Path`: the SimpleTuner-style dataloader JSON (`multidatabackend.json`), with absolute folder paths.
         `prompt_library.json` is written beside it.
     """
-    from PIL import Image
-
     folder = Path(folder).resolve()
     data_dir = folder if data_dir is None else Path(data_dir).resolve()
     generator = torch.Generator().manual_seed(seed)
@@ -85,12 +109,10 @@ def write_toy_dataset(
     for backend_id, subfolder, strength, sign in BUCKETS:
         target = folder / subfolder
         target.mkdir(parents=True, exist_ok=True)
-        images = _toy_images(sign, images_per_bucket, resolution, generator)
-        pixels = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        for index, array in enumerate(pixels):
+        for index, image in enumerate(_toy_images(sign, images_per_bucket, resolution, generator)):
             stem = f"{subfolder}_{index:03d}"
-            Image.fromarray(array, mode="RGB").save(target / f"{stem}.png")
-            (target / f"{stem}.txt").write_text(CAPTIONS[index % len(CAPTIONS)] + "\n", encoding="utf-8")
+            _save_png(image, target / f"{stem}.png")
+            (target / f"{stem}.txt").write_text(_caption(mode, index, sign) + "\n", encoding="utf-8")
         entry: dict[str, Any] = {
             "id": backend_id,
             "type": "local",
@@ -107,7 +129,46 @@ def write_toy_dataset(
     config.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
     library = {"room": VALIDATION_PROMPT, "street": "a photo of a street"}
     (folder / "prompt_library.json").write_text(json.dumps(library, indent=2) + "\n", encoding="utf-8")
+    if mode == "pairs":
+        write_toy_pairs(folder / "pairs", count=images_per_bucket, resolution=resolution, seed=seed)
+    if mode == "prompts":
+        (folder / "prompts.yaml").write_text(PROMPTS_YAML.format(resolution=resolution), encoding="utf-8")
     return config
+
+
+# Concept Sliders' prompt file format: one mapping per prompt set (`unconditional` is the negative prompt).
+PROMPTS_YAML = """\
+- target: "a photo of a room"
+  positive: "a photo of a room with light from the right"
+  unconditional: "a photo of a room with light from the left"
+  neutral: "a photo of a room"
+  action: "enhance"
+  guidance_scale: 1.0
+  resolution: {resolution}
+  batch_size: 2
+"""
+
+
+def write_toy_pairs(folder: str | Path, *, count: int = 8, resolution: int = 32, seed: int = 0) -> Path:
+    """Write `count` before/after pairs: the same scene lit from the left (`before/`) and from the right (`after/`).
+
+    Each pair shares its scene (level, tint, texture) and its ramp's steepness; only the side the light comes from
+    differs, which is what paired training needs. Captions are `after/<stem>.txt`. Returns `folder`.
+    """
+    folder = Path(folder)
+    generator = torch.Generator().manual_seed(seed + 1)
+    scenes = toy_scenes(count, resolution, generator)
+    slopes = 0.6 + 0.3 * torch.rand(count, 1, 1, 1, generator=generator)
+    x = torch.linspace(-1.0, 1.0, resolution).view(1, 1, 1, resolution)
+    for side, sign in (("before", -1.0), ("after", 1.0)):
+        (folder / side).mkdir(parents=True, exist_ok=True)
+        images = (scenes + sign * slopes * x).clamp(-1.0, 1.0)
+        for index, image in enumerate(images):
+            _save_png(image, folder / side / f"pair_{index:03d}.png")
+    for index in range(count):
+        caption = CAPTIONS[index % len(CAPTIONS)]
+        (folder / "after" / f"pair_{index:03d}.txt").write_text(caption + "\n", encoding="utf-8")
+    return folder
 
 
 def _load_images(dataloader_config: Path, resolution: int) -> tuple[torch.Tensor, list[str], list[float]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # families.py and toy.py beside this file
 
@@ -46,16 +46,8 @@ from checkpoints import (  # noqa: E402
     stage_folder,
     write_text_atomic,
 )
-from families import (  # noqa: E402
-    FAMILIES,
-    Conditioning,
-    Family,
-    collate_conditioning,
-    encode_images,
-    family_of,
-    move_conditioning,
-    split_conditioning,
-)
+from families import FAMILIES, Family, family_of  # noqa: E402
+from modes import MODE_CLASSES, MODES, collate  # noqa: E402
 
 from peft_slider.training import NEUTRAL_OBJECTIVES, NeutralObjective  # noqa: E402
 
@@ -71,6 +63,8 @@ TOY_DEFAULTS = {
     "resolution": 32,
     "validation_num_inference_steps": 8,
     "checkpointing_steps": 300,
+    "rollout_steps": 8,
+    "rollout_trajectories": 4,
 }
 # What a run on a real model uses when an option is not given.
 REAL_DEFAULTS = {
@@ -81,6 +75,8 @@ REAL_DEFAULTS = {
     "resolution": None,
     "validation_num_inference_steps": 28,
     "checkpointing_steps": 500,
+    "rollout_steps": 30,
+    "rollout_trajectories": 8,
 }
 # The options that decide what a run trains: a checkpoint resumes only into a run with the same values. Output,
 # checkpointing, validation and logging options, and the length of the run, may change between sessions.
@@ -92,7 +88,13 @@ RUN_OPTIONS = (
     "tiny_base_fit_steps",
     "assistant_lora",
     "assistant_adapter_name",
+    "mode",
     "dataloader_config",
+    "pairs",
+    "pair_strength",
+    "prompts_file",
+    "rollout_steps",
+    "rollout_trajectories",
     "data_root",
     "resolution",
     "train_batch_size",
@@ -132,6 +134,8 @@ RUN_OUTPUTS = (
     "concept_statistic.json",
     "validation",
 )
+# Each mode's data option; without it the mode's toy data is used.
+DATA_OPTIONS = {"images": "dataloader_config", "pairs": "pairs", "prompts": "prompts_file"}
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 # The toy run validates without classifier-free guidance: the tiny base never learnt an unconditional prediction.
 TOY_GUIDANCE = {"flux": 1.0, "zimage": 0.0}
@@ -185,10 +189,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = parser.add_argument_group("data")
     data.add_argument(
+        "--mode",
+        choices=MODES,
+        default="images",
+        help="What the slider learns from: signed image buckets (--dataloader_config), prompt sets alone "
+        "(--prompts_file) or before/after image pairs (--pairs). Default: images.",
+    )
+    data.add_argument(
         "--dataloader_config",
         type=str,
         default=None,
-        help="SimpleTuner-style dataloader JSON with `slider_strength` per backend. Default: the toy dataset.",
+        help="--mode images: SimpleTuner-style dataloader JSON with `slider_strength` per backend. Default: the toy "
+        "dataset.",
+    )
+    data.add_argument(
+        "--pairs",
+        type=str,
+        default=None,
+        help="--mode pairs: a folder with before/ and after/ (matched by file name), or a JSON/CSV manifest. "
+        "Default: the toy pairs.",
+    )
+    data.add_argument(
+        "--pair_strength", type=float, default=1.0, help="--mode pairs: after trains at +s, before at -s (s > 0)."
+    )
+    data.add_argument(
+        "--prompts_file",
+        type=str,
+        default=None,
+        help="--mode prompts: Concept Sliders' prompt YAML, an ai-toolkit slider config, or a peft_slider prompt "
+        "file. Default: the toy prompts.",
+    )
+    data.add_argument(
+        "--rollout_steps",
+        type=int,
+        default=None,
+        help="--mode prompts: sampling steps of the base's trajectories the training latents are drawn from "
+        "(default 30; toy 8).",
+    )
+    data.add_argument(
+        "--rollout_trajectories",
+        type=int,
+        default=None,
+        help="--mode prompts: trajectories per target prompt, computed once (default 8; toy 4).",
     )
     data.add_argument(
         "--data_root",
@@ -335,6 +377,18 @@ def _check_args(args: argparse.Namespace) -> None:
         positive(name)
     for name in ("checkpoints_total_limit", "neutral_strength", "validation_num_inference_steps"):
         positive(name)
+    for name in ("pair_strength", "rollout_steps", "rollout_trajectories"):
+        positive(name)
+    if args.rollout_steps is not None and args.rollout_steps < 2:
+        raise UsageError(
+            f"`--rollout_steps` must be >= 2 (latents are drawn between the first and last step), got {args.rollout_steps!r}."
+        )
+    for mode, name in DATA_OPTIONS.items():
+        if mode != args.mode and getattr(args, name) is not None:
+            raise UsageError(
+                f"`--{name}` is the data of --mode {mode}, but this run is --mode {args.mode}: pass "
+                f"`--{DATA_OPTIONS[args.mode]}` instead (or --mode {mode})."
+            )
     for name in ("tiny_base_fit_steps", "lr_warmup_steps", "lora_dropout", "adam_weight_decay", "max_grad_norm"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):
@@ -375,6 +429,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(
             f"`--dataloader_config` {args.dataloader_config!r} is not a file; give the path of the dataloader JSON."
         )
+    if args.prompts_file and not Path(args.prompts_file).is_file():
+        raise UsageError(f"`--prompts_file` {args.prompts_file!r} is not a file; give the path of the prompt file.")
+    if args.pairs and not Path(args.pairs).exists():
+        raise UsageError(f"`--pairs` {args.pairs!r} does not exist; give a pairs folder or a JSON/CSV manifest.")
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise UsageError(f"`--data_root` {args.data_root!r} is not a folder.")
     if args.resume_from_checkpoint and args.overwrite_output_dir:
@@ -448,7 +506,7 @@ def _resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill unset options: the toy values for the toy run, the real-model values otherwise."""
     args = argparse.Namespace(**vars(args))
     args.toy_model = args.pretrained_model_name_or_path is None
-    args.toy_data = args.dataloader_config is None
+    args.toy_data = getattr(args, DATA_OPTIONS[args.mode]) is None
     defaults = TOY_DEFAULTS if args.toy_model else REAL_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name, None) is None:
@@ -458,70 +516,6 @@ def _resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.toy_data and args.resolution is None:
         args.resolution = TOY_DEFAULTS["resolution"]
     return args
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Cached dataset: latents and text embeddings, encoded once.
-
-
-class CachedSliderDataset(Dataset):
-    """Sample `i` of the slider dataset as cached tensors: latents (mean and std), text embeddings and strength.
-
-    Indexed like the `SliderConcatDataset` it was built from, so the same `SliderBatchSampler` drives it.
-    """
-
-    def __init__(self, means, stds, conditioning: list[Conditioning], strengths: list[float]):
-        self.means, self.stds, self.conditioning, self.strengths = means, stds, conditioning, strengths
-
-    def __len__(self) -> int:
-        return len(self.means)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = {"latents": self.means[index], "conditioning": self.conditioning[index]}
-        if self.stds is not None:
-            sample["latents_std"] = self.stds[index]
-        sample["slider_strength"] = self.strengths[index]
-        return sample
-
-
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    batch = {
-        "latents": torch.stack([s["latents"] for s in samples]),
-        "conditioning": collate_conditioning([s["conditioning"] for s in samples]),
-        "slider_strength": torch.tensor([s["slider_strength"] for s in samples], dtype=torch.float64),
-    }
-    if "latents_std" in samples[0]:
-        batch["latents_std"] = torch.stack([s["latents_std"] for s in samples])
-    return batch
-
-
-@torch.no_grad()
-def build_cache(
-    pipe: Any, family: Family, dataset: Any, *, device: torch.device, args: argparse.Namespace, chunk: int = 16
-) -> CachedSliderDataset:
-    """Encode every image with the VAE and every distinct caption with the text encoders, once."""
-    from tqdm.auto import tqdm
-
-    means, stds, captions, strengths = [], [], [], []
-    quiet = getattr(args, "quiet", False)
-    for start in tqdm(range(0, len(dataset), chunk), desc="cache latents", leave=False, disable=quiet):
-        samples = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
-        pixels = torch.stack([sample["pixel_values"] for sample in samples]).to(device)
-        mean, std = encode_images(pipe.vae, pixels)
-        means.extend(mean.float().cpu().unbind(0))
-        if args.latent_sampling == "sample":
-            stds.extend(std.float().cpu().unbind(0))
-        captions.extend(sample["caption"] for sample in samples)
-        strengths.extend(float(sample["slider_strength"]) for sample in samples)
-    distinct = list(dict.fromkeys(captions))
-    embeds: dict[str, Conditioning] = {}
-    for start in tqdm(range(0, len(distinct), chunk), desc="cache text embeddings", leave=False, disable=quiet):
-        part = distinct[start : start + chunk]
-        encoded = family.encode_prompts(pipe, part, device, args.max_sequence_length)
-        cpu = {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in encoded.items()}
-        embeds.update(zip(part, split_conditioning(cpu)))
-    conditioning = [embeds[caption] for caption in captions]
-    return CachedSliderDataset(means, stds or None, conditioning, strengths)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -706,32 +700,43 @@ def _prepare_toy(args: argparse.Namespace, accelerator) -> None:
     import toy
 
     toy_dir = Path(args.output_dir).resolve() / "toy"
-    if args.toy_data:
+    args.toy_config = None
+    # The toy images also fit the tiny base of a pairs or prompts run that brings its own data.
+    if args.toy_data or (args.toy_model and args.mode != "images"):
         data = toy_dir / "data"
-        options = {"resolution": args.resolution, "seed": args.seed}
+        mode = args.mode if args.toy_data else "images"
+        options = {"resolution": args.resolution, "seed": args.seed, "mode": mode}
         if accelerator.is_main_process and not _toy_folder_is_current(data, options):
-            logger.info("Toy run: writing the synthetic lighting dataset to %s", data)
+            logger.info("Toy run: writing the synthetic lighting dataset (%s mode) to %s", mode, data)
             _build_toy_folder(
                 data,
                 options,
                 lambda staging: toy.write_toy_dataset(
-                    staging, resolution=args.resolution, seed=args.seed, data_dir=data
+                    staging, resolution=args.resolution, seed=args.seed, data_dir=data, mode=mode
                 ),
             )
-        config = data / "multidatabackend.json"
-        args.dataloader_config = str(config)
+        args.toy_config = str(data / "multidatabackend.json")
+    if args.toy_data:
+        if args.mode == "images":
+            args.dataloader_config = args.toy_config
+        elif args.mode == "pairs":
+            args.pairs = str(data / "pairs")
+        else:
+            args.prompts_file = str(data / "prompts.yaml")
         if args.validation_prompts is None:
             args.validation_prompts = str(data / "prompt_library.json")
         if args.concept is None:
             args.concept = toy.CONCEPT
     if args.toy_model:
         base = toy_dir / f"tiny-{args.tiny_family}-base"
+        fit_config = args.toy_config or args.dataloader_config
         options = {
             "family": args.tiny_family,
             "fit_steps": args.tiny_base_fit_steps,
             "resolution": args.resolution or 32,
             "seed": args.seed,
-            "data": None if args.toy_data else args.dataloader_config,
+            "data": None if args.toy_config else args.dataloader_config,
+            "captions": "prompts" if args.toy_data and args.mode == "prompts" else "shared",
         }
         accelerator.wait_for_everyone()
         if accelerator.is_main_process and not _toy_folder_is_current(base, options):
@@ -748,7 +753,7 @@ def _prepare_toy(args: argparse.Namespace, accelerator) -> None:
                 lambda staging: toy.build_toy_base(
                     args.tiny_family,
                     staging,
-                    dataloader_config=args.dataloader_config,
+                    dataloader_config=fit_config,
                     fit_steps=args.tiny_base_fit_steps,
                     resolution=args.resolution or 32,
                     seed=args.seed,
@@ -770,6 +775,10 @@ def _dtype_keyword() -> str:
 
 class SliderTraining:
     """One training run: setup in `__init__`, then `train()` and `save()`. `main` runs all three."""
+
+    # For the modes (modes.py): a bad value found while loading data is a usage error naming the option.
+    usage = staticmethod(_usage)
+    usage_error = UsageError
 
     def __init__(self, args: argparse.Namespace, accelerator, *, run: dict[str, Any] | None = None):
         self.args = args
@@ -849,36 +858,9 @@ class SliderTraining:
         self.scaler = SliderScaler(denoiser, adapter_names=args.adapter_name)
 
     def _load_data(self) -> None:
-        from peft_slider.training import (
-            SliderBatchSampler,
-            SliderConcatDataset,
-            is_flow_matching_scheduler,
-            load_simpletuner_backends,
-            objective_from_scheduler,
-        )
+        from peft_slider.training import SliderBatchSampler, is_flow_matching_scheduler, objective_from_scheduler
 
         args, accelerator = self.args, self.accelerator
-        with _usage("--dataloader_config", args.dataloader_config, OSError):
-            backends = load_simpletuner_backends(
-                args.dataloader_config, resolution=args.resolution, base_dir=args.data_root
-            )
-        self.dataset = SliderConcatDataset(backends)
-        listing = ", ".join(f"{b.name} ({len(b)} samples, strength {b.slider_strength})" for b in backends)
-        logger.info("Backends: %s", listing)
-        self.cache = build_cache(self.pipe, self.family, self.dataset, device=self.device, args=args)
-        # Sharded by rank: at every step all ranks train the same backend (the same strength) on disjoint samples.
-        self.sampler = SliderBatchSampler(
-            self.dataset.backends,
-            batch_size=args.train_batch_size,
-            seed=args.seed,
-            num_replicas=accelerator.num_processes,
-            rank=accelerator.process_index,
-        )
-        self.loader = DataLoader(self.cache, batch_sampler=self.sampler, collate_fn=collate, num_workers=0)
-        with _usage("--neutral_strength", args.neutral_strength):
-            self.neutral = NeutralObjective(
-                args.neutral_objective, strength=args.neutral_strength, backends=self.dataset.backends
-            )
         options = {}
         if is_flow_matching_scheduler(self.pipe.scheduler):
             options = {
@@ -889,7 +871,22 @@ class SliderTraining:
             if args.flow_shift is not None:
                 options["shift"] = args.flow_shift
         self.objective = objective_from_scheduler(self.pipe.scheduler, **options)
-        logger.info("Objective: %r; neutral batches: %r", self.objective, self.neutral)
+        self.mode = MODE_CLASSES[args.mode](self)
+        self.backends, self.cache = self.mode.load()
+        # Sharded by rank: at every step all ranks train the same backend (the same strength) on disjoint samples.
+        self.sampler = SliderBatchSampler(
+            self.backends,
+            batch_size=args.train_batch_size,
+            seed=args.seed,
+            num_replicas=accelerator.num_processes,
+            rank=accelerator.process_index,
+        )
+        self.loader = DataLoader(self.cache, batch_sampler=self.sampler, collate_fn=collate, num_workers=0)
+        with _usage("--neutral_strength", args.neutral_strength):
+            self.neutral = NeutralObjective(
+                args.neutral_objective, strength=args.neutral_strength, backends=self.backends
+            )
+        logger.info("Mode: %s; objective: %r; neutral batches: %r", args.mode, self.objective, self.neutral)
 
     def _prepare_optimization(self) -> None:
         from diffusers.optimization import get_scheduler
@@ -979,45 +976,21 @@ class SliderTraining:
         )
 
     def train_step(
-        self, batch: dict[str, Any], strength: float, target_kind: str, seed: int, *, measure_base: bool = False
+        self, batch: dict[str, Any], step_plan: Any, seed: int, *, measure_base: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One forward and backward pass of the slider at `strength` (inside `accelerator.accumulate`).
+        """One optimizer step of the mode's loss (inside `accelerator.accumulate`); the noise, timesteps and rollout
+        draws come from `seed`, so a resumed run repeats them exactly.
 
-        Returns the loss and, with `measure_base`, the frozen base model's loss on the same noisy batch and target.
+        Returns the loss and, with `measure_base`, the frozen base model's loss on the same batch and target.
         """
-        args, device, family = self.args, self.device, self.family
-        generator = torch.Generator(device=device).manual_seed(seed)
-        latents = batch["latents"].to(device)
-        if "latents_std" in batch:
-            noise = torch.randn(latents.shape, generator=generator, device=device)
-            latents = latents + batch["latents_std"].to(device) * noise
-        noisy = self.objective.add_noise(latents.to(self.weight_dtype), generator=generator)
-        cond = move_conditioning(batch["conditioning"], device, self.weight_dtype)
-        if target_kind == "base":
-            # The frozen base model's prediction: the slider at 0 (the assistant, if any, stays on).
-            with torch.no_grad(), self.scaler.at(0.0):
-                target = family.predict(self.pipe, self.denoiser, noisy, cond, args).detach()
-        else:
-            target = noisy.target
-        base_loss = None
-        if measure_base and target_kind != "base":
-            # The denoising loss barely moves while a slider learns (most of it is noise no model can predict); how
-            # much the slider at this batch's strength beats the base on the same batch shows what it has learnt.
-            with torch.no_grad(), self.scaler.at(0.0):
-                base_prediction = family.predict(self.pipe, self.denoiser, noisy, cond, args)
-                base_loss = self.objective.loss(base_prediction, target).detach()
-        # The batch's strength holds for the forward and the backward pass (gradient checkpointing re-runs the
-        # forward inside backward), and the previous scale is restored exactly on exit.
-        with self.scaler.at(strength):
-            prediction = family.predict(self.pipe, self.model, noisy, cond, args)
-            loss = self.objective.loss(prediction, target)
-            self.accelerator.backward(loss)
-        if self.accelerator.sync_gradients and args.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.params, args.max_grad_norm)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        loss, base_loss = self.mode.loss(batch, step_plan, generator, measure_base=measure_base)
+        if self.accelerator.sync_gradients and self.args.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.params, self.args.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), base_loss
+        return loss, base_loss
 
     def train(self) -> None:
         from tqdm.auto import tqdm
@@ -1066,9 +1039,7 @@ class SliderTraining:
                 with accelerator.accumulate(self.model):
                     seed = _step_seed(args.seed, epoch, step_in_epoch, accelerator.process_index)
                     signed = info.group != "neutral"
-                    loss, base_loss = self.train_step(
-                        batch, step_plan.strength, step_plan.target, seed, measure_base=signed
-                    )
+                    loss, base_loss = self.train_step(batch, step_plan, seed, measure_base=signed)
                 if not accelerator.sync_gradients:
                     continue
                 state.global_step += 1
@@ -1150,8 +1121,11 @@ class SliderTraining:
     def metadata(self):
         from peft_slider.formats import SliderMetadata
 
-        args, backends = self.args, self.dataset.backends
-        strengths = sorted({b.strength for b in backends if b.strength != 0})
+        args, backends = self.args, self.backends
+        # A paired backend (image pairs, mirrored prompt sets) trains its strength and its negative.
+        strengths = sorted(
+            {b.strength for b in backends if b.strength != 0} | {-b.strength for b in backends if b.paired}
+        )
         if self.neutral.mode in ("preserve", "match_base") and any(b.strength == 0 for b in backends):
             strengths += [self.neutral.strength, -self.neutral.strength]
         low, high = min(strengths), max(strengths)
@@ -1200,7 +1174,7 @@ class SliderTraining:
             title = f"{args.concept or 'slider'} - {self.family.name}, step {self.state.global_step}"
             with accelerator.autocast():  # frozen weights in fp16/bf16, the slider's in float32
                 sweep = render_sweep(self.pipe, self.family, args, staging / "sweep.png", title=title)
-                if args.toy_data:
+                if args.toy_data and args.toy_config:
                     result.concept_statistic = _toy_statistic(self.pipe, args, self.family, staging)
             moved = commit_files(staging, self.output_dir)
             result.slider_files = {kind: moved[path.name] for kind, path in slider_files.items()}
@@ -1329,7 +1303,7 @@ def _toy_statistic(pipe: Any, args: argparse.Namespace, family: Family, folder: 
     """Print the toy concept's statistics at each validation strength and save them to `folder`."""
     import toy
 
-    direction = toy.concept_direction(pipe, args.dataloader_config, resolution=args.resolution)
+    direction = toy.concept_direction(pipe, args.toy_config, resolution=args.resolution)
     kwargs = _validation_call_kwargs(args, family)
     strengths = args.validation_strengths
     progress = not args.quiet
