@@ -2,7 +2,7 @@
 """Tests for peft_slider.training.prompt_files: Concept Sliders', ai-toolkit's and our prompt files, and their errors.
 
 The foreign files are written in the shapes of the projects' own example files (Concept Sliders'
-trainscripts/textsliders/data/prompts*.yaml, ai-toolkit's config/examples/train_slider.example.yml), with other prompts.
+trainscripts/textsliders/data/prompts*.yaml, ai-toolkit's config/examples/train_slider.example.yml), other prompts.
 """
 
 from __future__ import annotations
@@ -494,7 +494,8 @@ BAD = [
     ),
     (
         "set_key.json",
-        '{"peft_slider_prompts": 1, "prompt_sets": [{"target": "a", "positive": "b", "negative": "c", "strenght": 2}]}',
+        '{"peft_slider_prompts": 1, "prompt_sets": [{"target": "a", "positive": "b", "negative": "c", '
+        '"strenght": 2}]}',
         None,
         PromptFileError,
         ["prompt_sets entry 1 of 1 (target 'a')", "`strenght`", "Did you mean `strength`"],

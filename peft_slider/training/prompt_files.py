@@ -1,11 +1,12 @@
 # Copyright 2025 The peft_slider authors. Licensed under the Apache License, Version 2.0.
 """Text-prompt slider files: Concept Sliders' prompt YAML, ai-toolkit's slider config and our own format.
 
-`load_prompt_slider` reads a YAML or JSON file (told apart by its content, not its suffix) into a `PromptSliderSpec`;
-`save_prompt_slider` writes our own format. Every file is read with YAML's safe loader (plain data only; a tag such as
-`!!python/object` is refused and nothing is run), and a key given twice in one mapping is refused (YAML and JSON
-readers would keep the last one without a word). Entries are counted from 1 in every message ("entry 2 of 3"), and
-each `PromptSet` / `AnchorPrompt` read is named by its file and entry, so later messages point back into the file.
+`load_prompt_slider` reads a YAML or JSON file into a `PromptSliderSpec` (a `.json` file as JSON, any other as YAML,
+which reads JSON too) and tells the format from the content; `save_prompt_slider` writes our own format. YAML is read
+with the safe loader (plain data only: a tag such as `!!python/object` is refused and nothing is run), and a key given
+twice in one mapping is refused (YAML and JSON readers would keep the last one without a word). Entries are counted
+from 1 in every message ("entry 2 of 3"), and each `PromptSet` / `AnchorPrompt` read is named by its file and entry,
+so later messages point back into the file.
 
 **Concept Sliders** (rohitgandikota/sliders, `trainscripts/textsliders/data/prompts*.yaml`): a YAML list of mappings
 with the fields of their `PromptSettings`, and their defaults:
@@ -39,14 +40,14 @@ rank, steps and `train: batch_size` are options of the training run. The section
 
 | their field | here |
 | --- | --- |
-| `targets[].target_class` / `positive` / `negative` | `target` / `positive` / `negative`; `neutral` is `""` (their neutral prediction is the empty prompt's) |
-| `targets[].multiplier` (default 1) | `strength = abs(multiplier)`; a negative one trains the slide the other way round: `action="erase"` |
+| `targets[].target_class`, `positive`, `negative` | `target`, `positive`, `negative`; `neutral=""` (empty prompt) |
+| `targets[].multiplier` (default 1) | `strength=abs(multiplier)`; a negative one: `action="erase"` (reversed) |
 | `targets[].weight` (default 1) | `weight` (> 0) |
 | `targets[].shuffle` | `true`: up to 8 sets per target whose comma-separated phrases are in different orders |
 | `anchors[].prompt` / `multiplier` | `AnchorPrompt(prompt, strength=abs(multiplier))` |
 | `anchors[].neg_prompt` | read and dropped: their anchor prediction is taken at guidance 1, where it cancels |
-| `resolutions` (`[w, h]` or an int) | square only; several give one set per target per size (their trainer draws one size per step) |
-| `batch_full_slide` | accepted: it only batches the four parts of a step; both signs are trained either way (`mirror=True`) |
+| `resolutions` (`[w, h]` or an int) | square only; one set per target per size (they draw one size per step) |
+| `batch_full_slide` | accepted: it batches a step's four parts; both signs are trained either way |
 | `prompt_tensors`, `low_ram` | accepted and ignored (an embedding cache, a memory option) |
 | `prompt_file`, `use_adapter`, `adapter_img_dir` | refused when set (extra neutral prompts, a T2I adapter) |
 
@@ -56,6 +57,8 @@ ai-toolkit's slider loss at `+multiplier` is `target_class -> empty + 1.0 * (pos
 first and the others are drawn with a fixed seed, so one file always gives the same sets. Their newer `concept_slider`
 process (`positive_prompt`, `guidance_strength`, `anchor_class`, ...) trains on a dataset's images with targets
 rescaled to the neutral prediction's statistics, which is not a text-prompt slider: it is refused with that reason.
+Anchors are held at `+multiplier` and `-multiplier` (the sign of the slide they are trained beside), so `abs` is exact;
+`TrainSliderProcessOld` adds their loss, and the current `TrainSliderProcess` builds them but leaves them out.
 
 **peft_slider** (ours; `save_prompt_slider` writes it): a JSON (or YAML) mapping ``{"peft_slider_prompts": 1,
 "prompt_sets": [...], "anchors": [...]}`` whose entries hold the fields of `PromptSet` / `AnchorPrompt` by name.
@@ -104,7 +107,8 @@ _CONCEPT_SLIDERS_FIELDS = (
 _CONCEPT_SLIDERS_HINTS = {
     "guidance": (
         "Concept Sliders' reader drops `guidance` without a word (its field is `guidance_scale`), so this entry "
-        "trained at guidance_scale 1.0 there: rename it to `guidance_scale` to use its value, or delete it to keep 1.0."
+        "trained at guidance_scale 1.0 there: rename it to `guidance_scale` to use its value, or delete it to keep "
+        "1.0."
     ),
     "rank": (
         "The rank is not a prompt setting (Concept Sliders' reader drops it; their rank is `network: rank` of the "
@@ -524,8 +528,8 @@ def _ai_toolkit_sizes(section: Mapping[Any, Any], where: str) -> list[int | None
             side = max(pair)
             _fail(
                 where,
-                f"`resolutions` entry {index} of {len(value)} is {pair}, not square; peft_slider's text-prompt sliders "
-                f"train square images. Use [{side}, {side}] (or {min(pair)}), or delete the entry.",
+                f"`resolutions` entry {index} of {len(value)} is {pair}, not square; peft_slider's text-prompt "
+                f"sliders train square images. Use [{side}, {side}] (or {min(pair)}), or delete the entry.",
             )
         if pair[0] not in sizes:
             sizes.append(pair[0])
