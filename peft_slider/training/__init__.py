@@ -8,6 +8,8 @@
 - `adapters`: which adapters are sliders and which are frozen, and the tuner-layer helpers (names, activation, the
   `AdapterState` snapshot) the loaders and the pipeline mixin use too. Loading an assistant adapter from a file is
   `peft_slider.formats.assistants`.
+- `prompt_files`: text-prompt slider files (`load_prompt_slider`, `save_prompt_slider`): Concept Sliders' prompt YAML,
+  ai-toolkit's slider config and our own format, read into a `PromptSliderSpec`.
 """
 
 from typing import TYPE_CHECKING
@@ -26,6 +28,8 @@ __all__ = [
     "NEUTRAL_OBJECTIVES",
     "NeutralObjective",
     "NoisyBatch",
+    "PROMPT_FILE_FORMATS",
+    "PromptFileError",
     "PromptSet",
     "PromptSliderSpec",
     "SLIDER_GROUPS",
@@ -45,9 +49,11 @@ __all__ = [
     "freeze_adapter",
     "frozen_adapter_names",
     "is_flow_matching_scheduler",
+    "load_prompt_slider",
     "load_simpletuner_backends",
     "neutral_strength",
     "objective_from_scheduler",
+    "save_prompt_slider",
     "slider_adapter_names",
     "slider_group",
     "slider_strength",
@@ -85,6 +91,7 @@ __getattr__, __dir__ = lazy_exports(
             "neutral_strength",
             "objective_from_scheduler",
         ],
+        "prompt_files": ["PROMPT_FILE_FORMATS", "PromptFileError", "load_prompt_slider", "save_prompt_slider"],
         "sampler": ["SLIDER_GROUPS", "SliderBackend", "SliderBatchInfo", "SliderBatchSampler", "slider_group"],
         "scaling": ["MAX_STRENGTH", "SliderScaler", "Strength", "slider_strength"],
         "text_prompts": ["ACTIONS", "AnchorPrompt", "PromptSet", "PromptSliderSpec"],
@@ -120,6 +127,12 @@ if TYPE_CHECKING:
         is_flow_matching_scheduler,
         neutral_strength,
         objective_from_scheduler,
+    )
+    from .prompt_files import (
+        PROMPT_FILE_FORMATS,
+        PromptFileError,
+        load_prompt_slider,
+        save_prompt_slider,
     )
     from .sampler import (
         SLIDER_GROUPS,
