@@ -96,7 +96,7 @@ def write_toy_dataset(
             captions. `"pairs"`: also `pairs/before/` (lit from the left) and `pairs/after/` (the same scene lit from
             the right), matched by file name, captions in `after/`. `"prompts"`: the lit buckets' captions name the
             light ("... with light from the right"), so the base fitted to them ties the light to those words, and
-            `prompts.yaml` (Concept Sliders' format) asks for a slider between the two.
+            `prompts.yaml` asks for a slider between the two.
 
     Returns:
         `pathlib.Path`: the SimpleTuner-style dataloader JSON (`multidatabackend.json`), with absolute folder paths.
@@ -136,16 +136,21 @@ def write_toy_dataset(
     return config
 
 
-# Concept Sliders' prompt file format: one mapping per prompt set (`unconditional` is the negative prompt).
+# peft_slider's prompt file format (Concept Sliders' prompt YAML and ai-toolkit's slider section are read too). The
+# base fitted to the toy images ties the light to these words.
 PROMPTS_YAML = """\
-- target: "a photo of a room"
-  positive: "a photo of a room with light from the right"
-  unconditional: "a photo of a room with light from the left"
-  neutral: "a photo of a room"
-  action: "enhance"
-  guidance_scale: 1.0
-  resolution: {resolution}
-  batch_size: 2
+peft_slider_prompts: 1
+prompt_sets:
+  - target: "a photo of a room"
+    positive: "a photo of a room with light from the right"
+    negative: "a photo of a room with light from the left"
+    neutral: "a photo of a room"
+    action: enhance
+    guidance_scale: 1.0
+    resolution: {resolution}
+    batch_size: 2
+    strength: 1.0
+    mirror: true
 """
 
 
