@@ -647,8 +647,9 @@ def prompt_slider_loss(
                 raise TypeError(f"`{argument}[{index}]` must be a {kind.__name__}, got {type(item).__name__}.")
             for role in roles:
                 if getattr(item, role) not in embeddings:
+                    what = "the anchor prompt" if role == "prompt" else f"the {role} prompt"
                     raise ValueError(
-                        f"`embeddings` has no entry for the {role} prompt {getattr(item, role)!r} of "
+                        f"`embeddings` has no entry for {what} {getattr(item, role)!r} of "
                         f"{_label(item, argument, index)}. Encode every prompt once (PromptSliderSpec.prompts()) and "
                         "pass them all."
                     )
