@@ -225,6 +225,26 @@ def test_loss_matches_separate_passes_by_hand(case):
     assert result.strengths.tolist() == expected
 
 
+def test_list_conditioning_gives_the_same_loss_as_tensors():
+    """Z-Image-style conditioning (a list of one tensor per prompt) goes through both passes as lists."""
+    model, embeddings = toy_model(), toy_embeddings()
+    as_lists = {prompt: {"text": [cond["text"]]} for prompt, cond in embeddings.items()}
+    seen = []
+
+    def predict(batch, cond):
+        seen.append(type(cond["text"]))
+        text = torch.stack(cond["text"]) if isinstance(cond["text"], list) else cond["text"]
+        return model(batch.noisy, batch.timesteps, text)
+
+    sets, anchors = [PromptSet(TARGET, SMILING, FROWNING)] * 2, [AnchorPrompt(ANCHOR)]
+    noisy = toy_noisy(2)
+    tensors = prompt_slider_loss(predict, SliderScaler(model), noisy, sets, embeddings, anchors=anchors)
+    lists = prompt_slider_loss(predict, SliderScaler(model), noisy, sets, as_lists, anchors=anchors)
+    assert seen == [torch.Tensor, torch.Tensor, list, list]
+    torch.testing.assert_close(lists.loss, tensors.loss, rtol=0, atol=0)  # the same rows, the same code
+    torch.testing.assert_close(lists.base_loss, tensors.base_loss, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Tiny real denoisers
 
@@ -648,6 +668,7 @@ BAD_INPUTS = {
         ValueError,
         r"no entry for the anchor prompt 'a tree' of `anchors\[0\]`",
     ),
+    "no prompt set": (_loss_call(prompt_sets=[]), ValueError, "`prompt_sets` is empty"),
     "not a prompt set": (
         _loss_call(prompt_sets=[PromptSet(TARGET, SMILING, FROWNING), "x"]),
         TypeError,

@@ -509,7 +509,7 @@ class PromptSliderLoss(NamedTuple):
         base_loss (`torch.Tensor`): float32 scalar, no graph: the same loss with the slider at 0, i.e. the frozen
             base's prediction for each trained prompt against the same targets. `base_loss - loss` is what the
             slider has gained over doing nothing.
-        strengths (`torch.Tensor`): float32 `(rows,)`, the strength of each trained row (`+s`, `-s` when mirrored,
+        strengths (`torch.Tensor`): float32 `(rows,)` on the CPU, the strength of each trained row (`+s`, `-s` when mirrored,
             `+s_a` and `-s_a` per anchor), in the order of the trained batch.
     """
 
@@ -633,6 +633,8 @@ def prompt_slider_loss(
     if not isinstance(embeddings, Mapping):
         raise TypeError(f"`embeddings` must map prompt text -> conditioning, got {type(embeddings).__name__}.")
     batch = noisy.noisy.shape[0]
+    if not prompt_sets:
+        raise ValueError("`prompt_sets` is empty; give one prompt set per sample of `noisy`.")
     if len(prompt_sets) != batch:
         raise ValueError(
             f"`noisy` has {batch} samples but `prompt_sets` has {len(prompt_sets)} entries; give one prompt set per "
@@ -681,7 +683,8 @@ def prompt_slider_loss(
     trained_rows, neutral_rows, positive_rows, negative_rows, etas, strengths, weights = map(list, zip(*rows))
 
     device = noisy.noisy.device
-    frozen_batch = _take(noisy, [sample for sample, _ in frozen_rows])
+    # `target` is not used (the targets are made here): not copied.
+    frozen_batch = _take(noisy._replace(target=None), [sample for sample, _ in frozen_rows])
     conditioning = _move_conditioning(stack_conditioning([embeddings[prompt] for _, prompt in frozen_rows]), device)
     with torch.no_grad(), scaler.at(0.0):
         frozen = _check_prediction(predict(frozen_batch, conditioning), frozen_batch, which="frozen pass")
