@@ -174,17 +174,7 @@ def measure(size: str, args: argparse.Namespace) -> dict:
             forward_backward(batch)
         finish()
 
-    kinds = {"plain": plain_step, "slider": slider_step}
-    for _ in range(args.warmup):
-        for fn in kinds.values():
-            fn()
-    times = {name: [] for name in kinds}
-    for i in range(args.steps):
-        order = list(kinds) if i % 2 == 0 else list(reversed(kinds))
-        for name in order:
-            start = time.perf_counter()
-            kinds[name]()
-            times[name].append(time.perf_counter() - start)
+    times = time_interleaved({"plain": plain_step, "slider": slider_step}, steps=args.steps, warmup=args.warmup)
 
     # The machinery alone, in isolation.
     def fetch_plain():
@@ -204,8 +194,8 @@ def measure(size: str, args: argparse.Namespace) -> dict:
 
     micro = {}
     for name, fn in [("fetch_plain", fetch_plain), ("fetch_slider", fetch_slider), ("at", scaler_at)]:
-        micro[name] = _median_us(fn, 400)
-    micro["slider_strength"] = _median_us(convenience, 50)
+        micro[name] = median_us(fn, 400)
+    micro["slider_strength"] = median_us(convenience, 50)
     return {
         "size": size,
         "layers": layers,
@@ -216,7 +206,23 @@ def measure(size: str, args: argparse.Namespace) -> dict:
     }
 
 
-def _median_us(fn, repeats: int) -> float:
+def time_interleaved(kinds: dict, *, steps: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each of `kinds` (name -> function), `steps` each after `warmup` untimed rounds, in
+    alternating order (A B, B A, ...) so that drift in the machine's speed hits every kind alike."""
+    for _ in range(warmup):
+        for fn in kinds.values():
+            fn()
+    times = {name: [] for name in kinds}
+    for i in range(steps):
+        for name in list(kinds) if i % 2 == 0 else list(reversed(kinds)):
+            start = time.perf_counter()
+            kinds[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_us(fn, repeats: int) -> float:
+    """The median time of `fn()` in microseconds over `repeats` calls, after 10 untimed ones."""
     for _ in range(10):
         fn()
     samples = []

@@ -5,6 +5,9 @@
 - `data`: slider datasets (`SliderDataset`, `SliderConcatDataset`, `ImageCaptionFolder`, SimpleTuner configs).
 - `objectives`: noise, targets and losses per scheduler family, and what neutral batches train.
 - `scaling`: `SliderScaler`, the slider's signed strength on its adapters' scales, restored exactly.
+- `text_prompts`: text-prompt sliders: the prompt sets (`PromptSet`, `AnchorPrompt`, `PromptSliderSpec`), the
+  objective (`prompt_slider_loss`: one frozen and one trained pass toward `guided_target`) and the base model's
+  rollouts it trains at (`rollout`, `RolloutPool`).
 - `adapters`: which adapters are sliders and which are frozen, and the tuner-layer helpers (names, activation, the
   `AdapterState` snapshot) the loaders and the pipeline mixin use too. Loading an assistant adapter from a file is
   `peft_slider.formats.assistants`.
@@ -31,7 +34,9 @@ __all__ = [
     "PROMPT_FILE_FORMATS",
     "PromptFileError",
     "PromptSet",
+    "PromptSliderLoss",
     "PromptSliderSpec",
+    "RolloutPool",
     "SLIDER_GROUPS",
     "SliderBackend",
     "SliderBatchInfo",
@@ -46,17 +51,23 @@ __all__ = [
     "active_adapter_names",
     "adapter_names",
     "batch_strength",
+    "concat_noisy",
     "freeze_adapter",
     "frozen_adapter_names",
+    "guided_target",
     "is_flow_matching_scheduler",
     "load_prompt_slider",
     "load_simpletuner_backends",
     "neutral_strength",
     "objective_from_scheduler",
+    "prompt_slider_loss",
+    "repeat_noisy",
+    "rollout",
     "save_prompt_slider",
     "slider_adapter_names",
     "slider_group",
     "slider_strength",
+    "stack_conditioning",
 ]
 
 __getattr__, __dir__ = lazy_exports(
@@ -94,7 +105,20 @@ __getattr__, __dir__ = lazy_exports(
         "prompt_files": ["PROMPT_FILE_FORMATS", "PromptFileError", "load_prompt_slider", "save_prompt_slider"],
         "sampler": ["SLIDER_GROUPS", "SliderBackend", "SliderBatchInfo", "SliderBatchSampler", "slider_group"],
         "scaling": ["MAX_STRENGTH", "SliderScaler", "Strength", "slider_strength"],
-        "text_prompts": ["ACTIONS", "AnchorPrompt", "PromptSet", "PromptSliderSpec"],
+        "text_prompts": [
+            "ACTIONS",
+            "AnchorPrompt",
+            "PromptSet",
+            "PromptSliderLoss",
+            "PromptSliderSpec",
+            "RolloutPool",
+            "concat_noisy",
+            "guided_target",
+            "prompt_slider_loss",
+            "repeat_noisy",
+            "rollout",
+            "stack_conditioning",
+        ],
     },
 )
 
@@ -151,5 +175,13 @@ if TYPE_CHECKING:
         ACTIONS,
         AnchorPrompt,
         PromptSet,
+        PromptSliderLoss,
         PromptSliderSpec,
+        RolloutPool,
+        concat_noisy,
+        guided_target,
+        prompt_slider_loss,
+        repeat_noisy,
+        rollout,
+        stack_conditioning,
     )
