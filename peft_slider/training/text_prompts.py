@@ -128,7 +128,7 @@ class PromptSet:
     strength: float = 1.0
     weight: float = 1.0
     mirror: bool = True
-    name: str | None = None
+    name: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
         where = self.name or "prompt set"
@@ -174,7 +174,7 @@ class AnchorPrompt:
     prompt: str
     strength: float = 1.0
     weight: float = 1.0
-    name: str | None = None
+    name: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
         where = self.name or "anchor"
