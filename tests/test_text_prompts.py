@@ -887,7 +887,7 @@ BAD_INPUTS = {
     "cache a target not in the pool": (
         lambda: _cached_pool([PromptSet(TARGET, SMILING, FROWNING), PromptSet(ANCHOR, SMILING, FROWNING, name="e2")]),
         ValueError,
-        r"The target prompt 'a photo of a house' of 'e2' is not in the rollout pool; it holds \['a photo of a person'\]",
+        r"target prompt 'a photo of a house' of 'e2' is not in the rollout pool; it holds \['a photo of a person'\]",
     ),
     "cache missing embedding": (
         lambda: _cached_pool([PromptSet(TARGET, SMILING, "a tree")]),

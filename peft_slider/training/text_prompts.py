@@ -39,8 +39,8 @@ the trained pass only.
 
 This module holds the prompt sets (`PromptSet`, `AnchorPrompt`, `PromptSliderSpec`), the objective
 (`prompt_slider_loss`, `guided_target`), the batching helpers (`stack_conditioning`, `repeat_noisy`, `concat_noisy`)
-and the rollouts (`rollout`, `RolloutPool`, `FrozenPredictions`); `prompt_files` reads the prompt sets from Concept Sliders', ai-toolkit's
-and our own files.
+and the rollouts (`rollout`, `RolloutPool`, `FrozenPredictions`); `prompt_files` reads the prompt sets from Concept
+Sliders', ai-toolkit's and our own files.
 """
 
 from __future__ import annotations
@@ -637,7 +637,8 @@ def prompt_slider_loss(
         raise TypeError(f"`backward` must be callable as backward(loss) or None, got {backward!r}.")
     if frozen is not None and not isinstance(frozen, FrozenPredictions):
         raise TypeError(
-            f"`frozen` must be the FrozenPredictions of `RolloutPool.draw_cached` or None, got {type(frozen).__name__}."
+            "`frozen` must be the FrozenPredictions of `RolloutPool.draw_cached` or None, got "
+            f"{type(frozen).__name__}."
         )
     noisy = _check_noisy(noisy)
     if isinstance(prompt_sets, PromptSet) or not isinstance(prompt_sets, Sequence):
@@ -932,7 +933,7 @@ class RolloutPool:
 
     Memory: `len(pool) = prompts x trajectories_per_prompt x (num_steps - 1)` latents in `dtype` on `storage_device`
     (`nbytes`): for 10 prompts x 4 trajectories x 30 steps, 1,160 latents, about 150 MB for SDXL's 4x128x128 latents
-    in bfloat16 and 600 MB for FLUX.1's 16x128x128.
+    in bfloat16 and 600 MB for FLUX.1's 16x128x128. A cache of predictions adds its `cache_nbytes` (usually 3x that).
 
     Deterministic: the noise comes from a CPU generator seeded with `seed`, so the same seed, model and arguments give
     a bitwise equal pool, and the same `draw` generator state gives the same batches (a resumed run draws what the
@@ -1411,9 +1412,9 @@ class FrozenPredictions:
             if column is None:
                 raise ValueError(
                     f"The cached frozen predictions hold no prediction of the prompt {prompt!r} at the latents of the "
-                    f"target prompt {self._prompts[owner]!r} (sample {sample}); they hold {list(cache.columns[owner])} "
-                    "there. The cache was built for other prompt sets or anchors: call `pool.cache_predictions` with "
-                    "the prompt sets and anchors you train."
+                    f"target prompt {self._prompts[owner]!r} (sample {sample}); they hold "
+                    f"{list(cache.columns[owner])} there. The cache was built for other prompt sets or anchors: call "
+                    "`pool.cache_predictions` with the prompt sets and anchors you train."
                 )
             position = int(self.index[sample]) - owner * cache.per_target
             where.append(cache.offsets[owner] + position * len(cache.columns[owner]) + column)
