@@ -10,9 +10,13 @@ timed on it, interleaved (A B, B A, ...) so that drift in the machine's speed hi
   no-grad pass of 3 x 2 rows (neutral = target, positive, negative) and one trained pass of 4 rows (each sample at
   `+s` and `-s`, per-sample strengths), backward inside the block, optimizer step, zero_grad.
 
-Both train 4 samples per step; the text step adds the frozen pass (6 rows, no grad) and the pool draw. The pool is
-built once before timing (its build time is reported beside: 2 prompts x 4 trajectories x 20 DDIM steps); a live
-rollout, as Concept Sliders does, would add up to 20 forward passes per step instead.
+- text, cached: the same step with the frozen predictions cached in the pool (`RolloutPool.cache_predictions`,
+  `draw_cached`, `prompt_slider_loss(..., frozen=...)`): the trained pass only.
+
+Both train 4 samples per step; the text step adds the frozen pass (6 rows, no grad) and the pool draw, the cached one
+the pool draw and the copy of its 6 cached rows. The pool is built once before timing (its build time is reported
+beside: 2 prompts x 4 trajectories x 20 DDIM steps), and then its cache (2 x 4 x 19 latents x 3 prompts, with its
+size); a live rollout, as Concept Sliders does, would add up to 20 forward passes per step instead.
 
 The models are bench_train_step.py's (`build_unet`): the tiny SD 1.5 UNet at 8x8 latents and the mid-size one
 (64/128/256 channels) at 16x16, whose step time is the model's, not Python's.
@@ -105,7 +109,13 @@ def measure(size: str, args: argparse.Namespace) -> dict:
         PromptSet("a person", "a person, smiling", "a person, frowning", guidance_scale=2.0),
         PromptSet("a car", "a car, red", "a car, blue", action="erase"),
     ]
+    start = time.perf_counter()
+    pool.cache_predictions(predict, scaler, embeddings, sets)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    cache_time = time.perf_counter() - start
     draw_generator = torch.Generator().manual_seed(1)
+    cached_generator = torch.Generator().manual_seed(1)
     noise_generator = torch.Generator(device=device).manual_seed(2)
     batch_index = iter(range(10**9))
 
@@ -128,7 +138,16 @@ def measure(size: str, args: argparse.Namespace) -> dict:
         prompt_slider_loss(predict, scaler, noisy, sets, embeddings, backward=lambda loss: loss.backward())
         finish()
 
-    times = time_interleaved({"image": image_step, "text": text_step}, steps=args.steps, warmup=args.warmup)
+    def cached_text_step():
+        noisy, frozen = pool.draw_cached([s.target for s in sets], generator=cached_generator)
+        prompt_slider_loss(
+            predict, scaler, noisy, sets, embeddings, frozen=frozen, backward=lambda loss: loss.backward()
+        )
+        finish()
+
+    times = time_interleaved(
+        {"image": image_step, "text": text_step, "cached": cached_text_step}, steps=args.steps, warmup=args.warmup
+    )
 
     # The pieces of the text step alone: the pool draw and the frozen pass.
     def draw():
@@ -147,9 +166,11 @@ def measure(size: str, args: argparse.Namespace) -> dict:
         "size": size,
         "image": statistics.median(times["image"]),
         "text": statistics.median(times["text"]),
+        "cached": statistics.median(times["cached"]),
         "draw": median_us(draw, 200) / 1e6,
         "frozen": median_us(frozen_pass, max(5, args.steps // 2)) / 1e6,
         "build": build_time,
+        "cache": cache_time,
         "pool": pool,
     }
 
@@ -166,21 +187,23 @@ def main(args: argparse.Namespace | None = None) -> list[dict]:
     )
     print()
     print(
-        "| model | image step (ms) | text step (ms) | text / image | frozen pass, 6 rows (ms) | pool draw (ms) | "
-        "pool build (s) |"
+        "| model | image step (ms) | text step (ms) | text / image | cached text step (ms) | cached / image | "
+        "frozen pass, 6 rows (ms) | pool draw (ms) | pool build (s) | cache build (s) | pool + cache (MiB) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(
             f"| {r['size']} | {r['image'] * 1e3:.2f} | {r['text'] * 1e3:.2f} | {r['text'] / r['image']:.3f} | "
-            f"{r['frozen'] * 1e3:.2f} | {r['draw'] * 1e3:.3f} | {r['build']:.2f} |"
+            f"{r['cached'] * 1e3:.2f} | {r['cached'] / r['image']:.3f} | {r['frozen'] * 1e3:.2f} | "
+            f"{r['draw'] * 1e3:.3f} | {r['build']:.2f} | {r['cache']:.2f} | {r['pool'].nbytes / 2**20:.2f} |"
         )
     print()
     for r in results:
         print(f"{r['size']}: {r['pool']!r}")
     print(
         "\ntext / image: goal <= 1.6. The text step's extra cost is its frozen pass (3 rows per prompt sample, no "
-        "grad); a live rollout per step (Concept Sliders) would add up to rollout_steps forward passes."
+        "grad), which the cached step reads from the pool instead; a live rollout per step (Concept Sliders) would "
+        "add up to rollout_steps forward passes."
     )
     return results
 

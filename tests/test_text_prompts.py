@@ -293,13 +293,13 @@ class Family:
 
         return predict
 
-    def pool(self, model, embeddings, *, seed=0, num_steps=8):
+    def pool(self, model, embeddings, *, seed=0, num_steps=8, prompts=(TARGET,)):
         return RolloutPool.build(
             self.predict(model),
             self.objective,
             SliderScaler(model),
             embeddings,
-            [TARGET],
+            list(prompts),
             trajectories_per_prompt=4,
             num_steps=num_steps,
             latent_shape=self.latent_shape,
@@ -597,6 +597,109 @@ def test_rollout_pool_is_deterministic_and_draws_intermediate_steps(prediction_t
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The cache of frozen predictions: the same losses and gradients, without the frozen pass
+
+# Two target prompts (two blocks of the cache), a set whose neutral differs from its target (4 cached prompts), an
+# unmirrored erase, and anchors (cached at every latent of both targets).
+CACHE_SETS = [
+    PromptSet(TARGET, SMILING, FROWNING, guidance_scale=2.0),
+    PromptSet(ANCHOR, SMILING, FROWNING, action="erase", mirror=False, strength=0.5),
+    PromptSet(TARGET, SMILING, FROWNING, neutral=ANCHOR, weight=2.0),
+]
+CACHE_ANCHORS = (AnchorPrompt(ANCHOR, strength=2.0), AnchorPrompt(SMILING, weight=0.5))
+
+
+def cached_pool(family, model, embeddings, *, seed=0, batch_size=5):
+    pool = family.pool(model, embeddings, seed=seed, num_steps=4, prompts=(TARGET, ANCHOR))
+    pool.cache_predictions(
+        family.predict(model),
+        SliderScaler(model),
+        embeddings,
+        CACHE_SETS,
+        anchors=CACHE_ANCHORS,
+        batch_size=batch_size,
+    )
+    return pool
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_cached_frozen_predictions_give_the_same_losses_and_gradients(prediction_type):
+    family = Family(prediction_type)
+    model = family.build(init_lora_weights=False)  # a random slider: a loss above 0 and gradients
+    embeddings = embeddings_for(family.width)
+    pool = cached_pool(family, model, embeddings)
+    assert pool.cached_prompts == {TARGET: (TARGET, SMILING, FROWNING, ANCHOR), ANCHOR: (ANCHOR, SMILING, FROWNING)}
+    latent_bytes = torch.Size(family.latent_shape).numel() * 4
+    assert pool.cache_nbytes == 4 * 3 * (4 + 3) * latent_bytes  # 4 trajectories x 3 intermediate steps per target
+    predict, scaler = family.predict(model), SliderScaler(model)
+    targets = [s.target for s in CACHE_SETS]
+
+    def step(noisy, frozen):
+        result = prompt_slider_loss(
+            predict,
+            scaler,
+            noisy,
+            CACHE_SETS,
+            embeddings,
+            anchors=CACHE_ANCHORS,
+            frozen=frozen,
+            backward=lambda loss: loss.backward(),
+        )
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        model.zero_grad(set_to_none=True)
+        return result, grads
+
+    plain_draws, cached_draws = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(3):
+        noisy = pool.draw(targets, generator=plain_draws)
+        cached_noisy, frozen = pool.draw_cached(targets, generator=cached_draws)
+        for field in ("noisy", "noise", "timesteps", "sigmas"):  # the same draws: the same code on the same state
+            torch.testing.assert_close(getattr(cached_noisy, field), getattr(noisy, field), rtol=0, atol=0)
+        plain, plain_grads = step(noisy, None)
+        calls, handle = count_forward_calls(model)
+        cached, cached_grads = step(cached_noisy, frozen)
+        handle.remove()
+        assert calls == [cached.strengths.numel()]  # the trained pass only: no frozen forward call
+        # The frozen predictions come from batches of other rows (5 per pass, not 13): float32 rounding only.
+        torch.testing.assert_close(cached.loss, plain.loss, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(cached.base_loss, plain.base_loss, rtol=1e-5, atol=1e-7)
+        assert torch.equal(cached.strengths, plain.strengths) and plain.loss > 0
+        for got, want in zip(cached_grads, plain_grads):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+        assert any(grad.abs().sum() > 0 for grad in plain_grads)
+
+
+def test_cached_frozen_predictions_are_deterministic_and_batch_size_free():
+    """Two builds give bitwise equal caches; another batch size gives the same predictions up to rounding; each row
+    is the frozen base's prediction of its prompt at its sample's latent."""
+    family = Family("flow_matching")
+    model = family.build(init_lora_weights=False)
+    embeddings = embeddings_for(family.width)
+    first, second = cached_pool(family, model, embeddings), cached_pool(family, model, embeddings)
+    other_batch = cached_pool(family, model, embeddings, batch_size=3)
+    pairs = [(sample, prompt) for sample in range(3) for prompt in (TARGET, SMILING, FROWNING, ANCHOR)]
+    pairs = [(sample, prompt) for sample, prompt in pairs if sample != 1 or prompt != TARGET]  # sample 1 is ANCHOR's
+
+    def draw(pool):
+        return pool.draw_cached([TARGET, ANCHOR, TARGET], generator=torch.Generator().manual_seed(5))
+
+    noisy, frozen = draw(first)
+    rows = frozen.rows(pairs)
+    assert frozen.index.tolist() == draw(second)[1].index.tolist()
+    torch.testing.assert_close(draw(second)[1].rows(pairs), rows, rtol=0, atol=0)
+    torch.testing.assert_close(draw(other_batch)[1].rows(pairs), rows, rtol=1e-5, atol=1e-6)
+    predict, scaler = family.predict(model), SliderScaler(model)
+    for (sample, prompt), row in zip(pairs, rows):
+        alone = NoisyBatch(*(None if v is None else v[sample : sample + 1] for v in noisy))
+        with torch.no_grad(), scaler.at(0.0):
+            expected = predict(alone, stack_conditioning([embeddings[prompt]]))
+        torch.testing.assert_close(row, expected[0], rtol=1e-5, atol=1e-6)
+    # The index names the stored latent: trajectory row x (num_steps - 1) + step - 1, in [0, len(pool)).
+    assert all(0 <= i < len(first) for i in frozen.index.tolist())
+    assert first.nbytes > first.cache_nbytes > 0 and "cached predictions" in repr(first)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Bad inputs: errors that name the argument, the prompt or the entry, and say how to fix it
 
 
@@ -646,6 +749,36 @@ def _pool_build(**change):
     return lambda: RolloutPool.build(
         toy_predict(model), FlowMatchingObjective(), SliderScaler(model), embeddings, prompts, **kwargs
     )
+
+
+def _cached_pool(prompt_sets, anchors=()):
+    model = toy_model()
+    pool = RolloutPool.build(
+        toy_predict(model),
+        FlowMatchingObjective(),
+        SliderScaler(model),
+        toy_embeddings(),
+        [TARGET],
+        trajectories_per_prompt=1,
+        num_steps=3,
+        latent_shape=(4,),
+        seed=0,
+        device="cpu",
+        dtype=torch.float32,
+    )
+    pool.cache_predictions(toy_predict(model), SliderScaler(model), toy_embeddings(), prompt_sets, anchors=anchors)
+    return pool
+
+
+def _cached_loss(prompt_sets, *, cached_sets, anchors=(), batch=None):
+    def call():
+        pool = _cached_pool(cached_sets)
+        noisy, frozen = pool.draw_cached([s.target for s in (batch or prompt_sets)], generator=torch.Generator())
+        if batch is not None:  # predictions for another batch than `noisy`
+            noisy = toy_noisy(len(prompt_sets))
+        _loss_call(noisy=noisy, prompt_sets=prompt_sets, anchors=anchors, frozen=frozen)()
+
+    return call
 
 
 def _rollout(**change):
@@ -751,6 +884,45 @@ BAD_INPUTS = {
         "no trajectories for the prompt 'a photo of a house'; it holds",
     ),
     "draw without generator": (lambda: _pool().draw([TARGET], generator=None), TypeError, "CPU torch.Generator"),
+    "cache a target not in the pool": (
+        lambda: _cached_pool([PromptSet(TARGET, SMILING, FROWNING), PromptSet(ANCHOR, SMILING, FROWNING, name="e2")]),
+        ValueError,
+        r"target prompt 'a photo of a house' of 'e2' is not in the rollout pool; it holds \['a photo of a person'\]",
+    ),
+    "cache missing embedding": (
+        lambda: _cached_pool([PromptSet(TARGET, SMILING, "a tree")]),
+        ValueError,
+        "no entry for the prompt 'a tree'",
+    ),
+    "cache built for other prompt sets": (
+        _cached_loss([PromptSet(TARGET, SMILING, ANCHOR)] * 2, cached_sets=[PromptSet(TARGET, SMILING, FROWNING)]),
+        ValueError,
+        "no prediction of the prompt 'a photo of a house' at the latents of the target prompt 'a photo of a person'",
+    ),
+    "cache built without the anchor": (
+        _cached_loss(
+            [PromptSet(TARGET, SMILING, FROWNING)] * 2,
+            cached_sets=[PromptSet(TARGET, SMILING, FROWNING)],
+            anchors=[AnchorPrompt(ANCHOR)],
+        ),
+        ValueError,
+        "no prediction of the prompt 'a photo of a house'.*built for other prompt sets or anchors",
+    ),
+    "cached predictions of another batch": (
+        _cached_loss(
+            [PromptSet(TARGET, SMILING, FROWNING)] * 2,
+            cached_sets=[PromptSet(TARGET, SMILING, FROWNING)],
+            batch=[PromptSet(TARGET, SMILING, FROWNING)] * 3,
+        ),
+        ValueError,
+        "`frozen` holds the predictions of 3 samples but `noisy` has 2",
+    ),
+    "frozen not from draw_cached": (_loss_call(frozen=torch.zeros(6, 4)), TypeError, "`frozen` must be the"),
+    "draw_cached without a cache": (
+        lambda: _pool().draw_cached([TARGET], generator=torch.Generator()),
+        RuntimeError,
+        r"no cached frozen predictions: call `pool.cache_predictions",
+    ),
 }
 
 

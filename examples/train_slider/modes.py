@@ -300,6 +300,16 @@ class PromptsMode:
                 device=run.device,
                 dtype=run.weight_dtype,
             )
+            if args.cache_frozen_predictions:
+                # The prepared denoiser runs its frozen passes under autocast (mixed precision): so does the cache.
+                with run.accelerator.autocast():
+                    self.pools[resolution].cache_predictions(
+                        _predictor(run, {}),
+                        run.scaler,
+                        self.embeddings,
+                        [self.spec.prompt_sets[i] for i in indices],
+                        anchors=self.spec.anchors,
+                    )
         listing = ", ".join(f"{b.name} ({b.num_samples} prompt sets)" for b in backends)
         logger.info("Prompt sets from %s (%s): %s", args.prompts_file, self.spec.format, listing)
         return backends, CachedSamples(samples)
@@ -311,7 +321,11 @@ class PromptsMode:
         sets = [self.spec.prompt_sets[i] for i in batch["prompt_set"].tolist()]
         sets = [prompt_set for prompt_set in sets for _ in range(prompt_set.batch_size)]
         pool = self.pools[sets[0].resolution]
-        noisy = pool.draw([prompt_set.target for prompt_set in sets], generator=generator)
+        targets = [prompt_set.target for prompt_set in sets]
+        if run.args.cache_frozen_predictions:
+            noisy, frozen = pool.draw_cached(targets, generator=generator)
+        else:
+            noisy, frozen = pool.draw(targets, generator=generator), None
         result = prompt_slider_loss(
             _predictor(run, {}),
             run.scaler,
@@ -320,6 +334,7 @@ class PromptsMode:
             self.embeddings,
             anchors=self.spec.anchors,
             backward=run.accelerator.backward,
+            frozen=frozen,
         )
         return result.loss.detach(), result.base_loss
 

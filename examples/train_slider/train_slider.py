@@ -95,6 +95,7 @@ RUN_OPTIONS = (
     "prompts_file",
     "rollout_steps",
     "rollout_trajectories",
+    "cache_frozen_predictions",
     "data_root",
     "resolution",
     "train_batch_size",
@@ -231,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="--mode prompts: trajectories per target prompt, computed once (default 8; toy 4).",
+    )
+    data.add_argument(
+        "--cache_frozen_predictions",
+        action="store_true",
+        help="--mode prompts: compute the frozen base's predictions at every pooled latent once, before training, so "
+        "a step runs only the trained pass (memory: about 3x the pool's latents, on the CPU).",
     )
     data.add_argument(
         "--data_root",

@@ -7,7 +7,8 @@
 - `scaling`: `SliderScaler`, the slider's signed strength on its adapters' scales, restored exactly.
 - `text_prompts`: text-prompt sliders: the prompt sets (`PromptSet`, `AnchorPrompt`, `PromptSliderSpec`), the
   objective (`prompt_slider_loss`: one frozen and one trained pass toward `guided_target`) and the base model's
-  rollouts it trains at (`rollout`, `RolloutPool`).
+  rollouts it trains at (`rollout`, `RolloutPool`, with an opt-in cache of the frozen pass's predictions read through
+  `FrozenPredictions`).
 - `adapters`: which adapters are sliders and which are frozen, and the tuner-layer helpers (names, activation, the
   `AdapterState` snapshot) the loaders and the pipeline mixin use too. Loading an assistant adapter from a file is
   `peft_slider.formats.assistants`.
@@ -25,6 +26,7 @@ __all__ = [
     "DenoisingObjective",
     "EpsilonObjective",
     "FlowMatchingObjective",
+    "FrozenPredictions",
     "IMAGE_EXTENSIONS",
     "ImageCaptionFolder",
     "MAX_STRENGTH",
@@ -108,6 +110,7 @@ __getattr__, __dir__ = lazy_exports(
         "text_prompts": [
             "ACTIONS",
             "AnchorPrompt",
+            "FrozenPredictions",
             "PromptSet",
             "PromptSliderLoss",
             "PromptSliderSpec",
@@ -174,6 +177,7 @@ if TYPE_CHECKING:
     from .text_prompts import (
         ACTIONS,
         AnchorPrompt,
+        FrozenPredictions,
         PromptSet,
         PromptSliderLoss,
         PromptSliderSpec,

@@ -32,12 +32,15 @@ step, which costs up to `num_steps` forward passes per step. Here the trajectori
 (the slider at 0) once, for the target prompts (as Concept Sliders rolls out with the target prompt), and pooled:
 `RolloutPool` keeps every intermediate latent and `draw` picks a stored trajectory and a step at random, so a training
 step costs the frozen and the trained pass only. `rollout` is the sampler behind it (Euler steps for flow matching,
-DDIM with eta 0 for epsilon and v-prediction).
+DDIM with eta 0 for epsilon and v-prediction). As the base is frozen and the pooled latents are fixed, the frozen
+pass's predictions at them never change: `RolloutPool.cache_predictions` computes them once (opt-in, at a memory cost
+of a few times the pool's), and `draw_cached` hands them to `prompt_slider_loss(..., frozen=...)`, so a step costs
+the trained pass only.
 
 This module holds the prompt sets (`PromptSet`, `AnchorPrompt`, `PromptSliderSpec`), the objective
 (`prompt_slider_loss`, `guided_target`), the batching helpers (`stack_conditioning`, `repeat_noisy`, `concat_noisy`)
-and the rollouts (`rollout`, `RolloutPool`); `prompt_files` reads the prompt sets from Concept Sliders', ai-toolkit's
-and our own files.
+and the rollouts (`rollout`, `RolloutPool`, `FrozenPredictions`); `prompt_files` reads the prompt sets from Concept
+Sliders', ai-toolkit's and our own files.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIONS",
     "AnchorPrompt",
+    "FrozenPredictions",
     "PromptSet",
     "PromptSliderLoss",
     "PromptSliderSpec",
@@ -546,6 +550,7 @@ def prompt_slider_loss(
     *,
     anchors: Sequence[AnchorPrompt] = (),
     backward: Callable[[torch.Tensor], Any] | None = None,
+    frozen: FrozenPredictions | None = None,
 ) -> PromptSliderLoss:
     """One text-prompt slider step: the frozen pass, the guided targets, and the trained pass (its loss).
 
@@ -555,7 +560,8 @@ def prompt_slider_loss(
        the distinct prompts of `prompt_sets[i]` (`PromptSet.prompts()`: neutral, positive, negative, and the target
        when it differs from the neutral prompt, which `base_loss` needs), at sample `i`'s `x_t`; and each anchor's
        prompt at its sample. So `3 x batch` rows in the usual case (target == neutral), at most `4 x batch`, plus one
-       row per anchor.
+       row per anchor. With `frozen` (the cached predictions of `RolloutPool.draw_cached`) this pass is not run: the
+       same rows are read from the cache.
     2. Trained, under `scaler.at(strengths)` with per-sample strengths: sample `i`'s target prompt at `+s_i` (target
        `neutral + sign * eta * (positive - negative)`) and, when the set mirrors, at `-s_i` (target
        `neutral - sign * eta * (positive - negative)`); each anchor at `+s_a` and `-s_a` (target: the base's
@@ -588,6 +594,10 @@ def prompt_slider_loss(
         backward (`Callable`, *optional*):
             Called as `backward(loss)` inside the trained pass's strength block (e.g. `loss.backward` or
             `accelerator.backward`). The caller steps the optimizer.
+        frozen (`FrozenPredictions`, *optional*):
+            The frozen base's predictions at `noisy`'s latents, from the same `pool.draw_cached(...)` call as `noisy`
+            (after `pool.cache_predictions` with these prompt sets and anchors): the frozen pass is skipped, so a step
+            costs the trained pass only. None runs the frozen pass.
 
     Returns:
         `PromptSliderLoss`
@@ -625,6 +635,11 @@ def prompt_slider_loss(
         raise TypeError(f"`scaler` must be a SliderScaler on the denoiser, got {type(scaler).__name__}.")
     if backward is not None and not callable(backward):
         raise TypeError(f"`backward` must be callable as backward(loss) or None, got {backward!r}.")
+    if frozen is not None and not isinstance(frozen, FrozenPredictions):
+        raise TypeError(
+            "`frozen` must be the FrozenPredictions of `RolloutPool.draw_cached` or None, got "
+            f"{type(frozen).__name__}."
+        )
     noisy = _check_noisy(noisy)
     if isinstance(prompt_sets, PromptSet) or not isinstance(prompt_sets, Sequence):
         raise TypeError(f"`prompt_sets` must be a sequence of PromptSet, one per sample, got {prompt_sets!r}.")
@@ -639,6 +654,11 @@ def prompt_slider_loss(
         raise ValueError(
             f"`noisy` has {batch} samples but `prompt_sets` has {len(prompt_sets)} entries; give one prompt set per "
             "sample (a set with batch_size 2 appears twice), e.g. draw `noisy` for [s.target for s in prompt_sets]."
+        )
+    if frozen is not None and len(frozen) != batch:
+        raise ValueError(
+            f"`frozen` holds the predictions of {len(frozen)} samples but `noisy` has {batch}; pass the batch and the "
+            "predictions of one `pool.draw_cached` call."
         )
     for argument, items, kind, roles in (
         ("prompt_sets", prompt_sets, PromptSet, ("target", "neutral", "positive", "negative")),
@@ -686,14 +706,21 @@ def prompt_slider_loss(
     # `target` is not used (the targets are made here): not copied.
     frozen_batch = _take(noisy._replace(target=None), [sample for sample, _ in frozen_rows])
     conditioning = _move_conditioning(stack_conditioning([embeddings[prompt] for _, prompt in frozen_rows]), device)
-    with torch.no_grad(), scaler.at(0.0):
-        frozen = _check_prediction(predict(frozen_batch, conditioning), frozen_batch, which="frozen pass")
-    frozen = frozen.detach()
+    if frozen is None:
+        with torch.no_grad(), scaler.at(0.0):
+            base = _check_prediction(predict(frozen_batch, conditioning), frozen_batch, which="frozen pass").detach()
+    else:
+        base = frozen.rows(list(frozen_rows)).to(device)
+        if base.shape[1:] != noisy.noisy.shape[1:]:
+            raise ValueError(
+                f"`frozen` holds predictions shaped {tuple(base.shape[1:])} but `noisy`'s latents are shaped "
+                f"{tuple(noisy.noisy.shape[1:])}: pass the batch and the predictions of one `pool.draw_cached` call."
+            )
     index = torch.tensor([trained_rows, neutral_rows, positive_rows, negative_rows], dtype=torch.long, device=device)
     targets = guided_target(
-        frozen[index[1]],
-        frozen[index[2]],
-        frozen[index[3]],
+        base[index[1]],
+        base[index[2]],
+        base[index[3]],
         guidance_scale=torch.tensor(etas, dtype=torch.float32, device=device),
     )
     weights = torch.tensor(weights, dtype=torch.float32, device=device)
@@ -711,7 +738,7 @@ def prompt_slider_loss(
         if backward is not None:
             backward(loss)
     with torch.no_grad():
-        base_loss = _weighted_mse(frozen[index[0]], targets, weights)
+        base_loss = _weighted_mse(base[index[0]], targets, weights)
     return PromptSliderLoss(loss, base_loss, strengths)
 
 
@@ -906,11 +933,15 @@ class RolloutPool:
 
     Memory: `len(pool) = prompts x trajectories_per_prompt x (num_steps - 1)` latents in `dtype` on `storage_device`
     (`nbytes`): for 10 prompts x 4 trajectories x 30 steps, 1,160 latents, about 150 MB for SDXL's 4x128x128 latents
-    in bfloat16 and 600 MB for FLUX.1's 16x128x128.
+    in bfloat16 and 600 MB for FLUX.1's 16x128x128. A cache of predictions adds its `cache_nbytes` (usually 3x that).
 
     Deterministic: the noise comes from a CPU generator seeded with `seed`, so the same seed, model and arguments give
     a bitwise equal pool, and the same `draw` generator state gives the same batches (a resumed run draws what the
     uninterrupted run would have).
+
+    Optionally, `cache_predictions` stores the frozen base's predictions at every stored latent for the prompts the
+    slider trains there, and `draw_cached` returns them with the batch (`FrozenPredictions`), so that
+    `prompt_slider_loss` needs no frozen pass.
 
     Build with `RolloutPool.build`.
 
@@ -960,6 +991,7 @@ class RolloutPool:
         self.num_steps = len(schedule.timesteps)
         self.device = device
         self.dtype = dtype
+        self._cache: _PredictionCache | None = None
 
     @classmethod
     def build(
@@ -1078,30 +1110,44 @@ class RolloutPool:
 
     @property
     def nbytes(self) -> int:
-        """Bytes the pool holds on its storage device (latents and their starting noise)."""
-        return self._latents.nbytes + self._noise.nbytes
+        """Bytes the pool holds on its storage device: latents, their starting noise and the cached predictions."""
+        return self._latents.nbytes + self._noise.nbytes + self.cache_nbytes
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Bytes of the cached frozen predictions (`cache_predictions`); 0 without a cache."""
+        return 0 if self._cache is None else self._cache.predictions.nbytes
+
+    @property
+    def cached_prompts(self) -> dict[str, tuple[str, ...]]:
+        """Per target prompt of the pool, the prompts whose frozen predictions are cached at its latents (empty
+        without a cache)."""
+        if self._cache is None:
+            return {}
+        return {prompt: tuple(columns) for prompt, columns in zip(self._prompts, self._cache.columns)}
 
     def __repr__(self) -> str:
+        cache = "" if self._cache is None else f", {self._cache.predictions.shape[0]} cached predictions"
         return (
             f"RolloutPool({len(self._prompts)} prompts x {self.trajectories_per_prompt} trajectories x "
-            f"{self.num_steps} steps, {len(self)} latents, {self.nbytes / 2**20:.1f} MiB on {self._latents.device})"
+            f"{self.num_steps} steps, {len(self)} latents{cache}, {self.nbytes / 2**20:.1f} MiB on "
+            f"{self._latents.device})"
         )
 
-    def draw(self, prompts: Sequence[str], *, generator: torch.Generator) -> NoisyBatch:
-        """One `x_t` per prompt: a random stored trajectory of that prompt, at a random step in `[1, num_steps)`.
+    def _gather(self, rows: torch.Tensor, step: torch.Tensor) -> NoisyBatch:
+        """The stored latents of trajectories `rows` at steps `step` (CPU int64), on `device` in `dtype`."""
+        storage = self._latents.device
+        rows_there, step_there = rows.to(storage), step.to(storage)
+        return NoisyBatch(
+            self._latents[rows_there, step_there - 1].to(device=self.device, dtype=self.dtype),
+            None,
+            self._noise[rows_there].to(device=self.device, dtype=self.dtype),
+            self._schedule.timesteps[step].to(self.device),
+            self._schedule.sigmas[step].to(self.device),
+        )
 
-        Never the pure noise (step 0) and never the clean end. Batches come on the pool's `device`, in its `dtype`.
-
-        Args:
-            prompts (sequence of `str`):
-                One prompt per sample (repeats allowed), each one the pool was built with; typically
-                `[s.target for s in prompt_sets]`.
-            generator (`torch.Generator`):
-                A CPU generator: the draws (trajectory, then step, per sample) come from it alone.
-
-        Returns:
-            `NoisyBatch` with `target` None.
-        """
+    def _draw(self, prompts: Sequence[str], generator: torch.Generator) -> tuple[NoisyBatch, list[int], torch.Tensor]:
+        """`draw`'s batch, each sample's prompt index in the pool, and each sample's stored-latent index."""
         if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
             raise TypeError(f"`generator` must be a CPU torch.Generator, got {generator!r}.")
         if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
@@ -1119,12 +1165,258 @@ class RolloutPool:
         trajectory = torch.randint(self.trajectories_per_prompt, (size,), generator=generator)
         step = torch.randint(1, self.num_steps, (size,), generator=generator)
         rows = torch.tensor(owners, dtype=torch.long) * self.trajectories_per_prompt + trajectory
+        return self._gather(rows, step), owners, rows * (self.num_steps - 1) + step - 1
+
+    def draw(self, prompts: Sequence[str], *, generator: torch.Generator) -> NoisyBatch:
+        """One `x_t` per prompt: a random stored trajectory of that prompt, at a random step in `[1, num_steps)`.
+
+        Never the pure noise (step 0) and never the clean end. Batches come on the pool's `device`, in its `dtype`.
+
+        Args:
+            prompts (sequence of `str`):
+                One prompt per sample (repeats allowed), each one the pool was built with; typically
+                `[s.target for s in prompt_sets]`.
+            generator (`torch.Generator`):
+                A CPU generator: the draws (trajectory, then step, per sample) come from it alone.
+
+        Returns:
+            `NoisyBatch` with `target` None.
+        """
+        return self._draw(prompts, generator)[0]
+
+    def draw_cached(
+        self, prompts: Sequence[str], *, generator: torch.Generator
+    ) -> tuple[NoisyBatch, FrozenPredictions]:
+        """`draw`, and the cached frozen predictions at the drawn latents, for `prompt_slider_loss(..., frozen=...)`.
+
+        Takes the same values from `generator` as `draw`, so the same generator state gives the same batch either way.
+
+        Args:
+            prompts (sequence of `str`):
+                One prompt per sample, as for `draw`.
+            generator (`torch.Generator`):
+                A CPU generator, as for `draw`.
+
+        Returns:
+            `tuple[NoisyBatch, FrozenPredictions]`: the batch (as `draw` returns it) and the cached predictions at its
+            latents.
+
+        Raises:
+            RuntimeError: The pool holds no cache; call `cache_predictions` first.
+        """
+        if self._cache is None:
+            raise RuntimeError(
+                "The rollout pool holds no cached frozen predictions: call `pool.cache_predictions(predict, scaler, "
+                "embeddings, prompt_sets, anchors=...)` once after building it, or use `pool.draw` (and let "
+                "`prompt_slider_loss` run the frozen pass)."
+            )
+        noisy, owners, index = self._draw(prompts, generator)
+        return noisy, FrozenPredictions(self._cache, owners, index, prompts=self.prompts, device=self.device)
+
+    def cache_predictions(
+        self,
+        predict: Callable[[NoisyBatch, dict[str, Any]], torch.Tensor],
+        scaler: SliderScaler,
+        embeddings: Mapping[str, PromptConditioning],
+        prompt_sets: Sequence[PromptSet],
+        *,
+        anchors: Sequence[AnchorPrompt] = (),
+        batch_size: int = 8,
+    ) -> None:
+        """Compute, once, the frozen base's predictions that `prompt_slider_loss` needs at every stored latent.
+
+        The base is frozen and the stored latents are fixed, so the frozen pass of `prompt_slider_loss` (the slider
+        at 0, no gradient) predicts the same values every time a latent is drawn. This runs it once per stored latent
+        and prompt, for the distinct prompts (`PromptSet.prompts()`) of the sets whose target drew the latent and for
+        every anchor prompt (an anchor sits at any sample); `draw_cached` then hands `prompt_slider_loss` the
+        predictions at the drawn latents, and a step costs its trained pass only. The losses and gradients equal those
+        of the frozen pass up to rounding (the predictions come from differently composed batches), provided the
+        frozen pass is deterministic (no dropout in the base) and `predict` runs as it will during training (under the
+        same autocast, if any). A second call replaces the cache.
+
+        Memory: for each target prompt, `trajectories_per_prompt x (num_steps - 1)` latents times its number of cached
+        prompts, stored in the dtype `predict` returns on the pool's storage device (`cache_nbytes`): with the usual
+        3 prompts per target (target = neutral, positive, negative) and no anchors, 3x the pool's latents, e.g. 450 MB
+        for 10 prompts x 4 trajectories x 30 steps of SDXL's 4x128x128 latents in bfloat16. Time: as many forward
+        rows, `batch_size` per pass.
+
+        Args:
+            predict (`Callable`):
+                `predict(noisy_batch, conditioning) -> prediction`, the one given to `prompt_slider_loss`.
+            scaler (`SliderScaler`):
+                The slider's scaler; the predictions are made inside `scaler.at(0.0)` under `torch.no_grad()`.
+            embeddings (`Mapping[str, dict]`):
+                Prompt text -> conditioning (as `stack_conditioning` takes it); every prompt of the sets and anchors.
+            prompt_sets (sequence of `PromptSet`):
+                The sets that will be trained (at least one); each set's target must be one of the pool's prompts.
+            anchors (sequence of `AnchorPrompt`, *optional*):
+                The anchors that will be trained.
+            batch_size (`int`, *optional*, defaults to `8`):
+                Rows (latent, prompt) per forward pass.
+
+        Example:
+
+        ```py
+        >>> import torch
+        >>> from peft import LoraConfig, get_peft_model
+        >>> from peft_slider.training import FlowMatchingObjective, PromptSet, RolloutPool, SliderScaler
+        >>> from peft_slider.training import prompt_slider_loss
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> class Denoiser(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.proj = torch.nn.Linear(8, 4)
+        ...     def forward(self, x, text):
+        ...         return self.proj(torch.cat([x, text], dim=1))
+        >>> model = get_peft_model(Denoiser(), LoraConfig(r=2, target_modules=["proj"]))
+        >>> predict, scaler = lambda batch, cond: model(batch.noisy, cond["text"]), SliderScaler(model)
+        >>> embeddings = {p: {"text": torch.randn(4)} for p in ("a face", "a smiling face", "a frowning face")}
+        >>> smile = PromptSet(target="a face", positive="a smiling face", negative="a frowning face")
+        >>> pool = RolloutPool.build(predict, FlowMatchingObjective(), scaler, embeddings, ["a face"],
+        ...     trajectories_per_prompt=2, num_steps=4, latent_shape=(4,), seed=0, device="cpu", dtype=torch.float32)
+        >>> pool.cache_predictions(predict, scaler, embeddings, [smile])
+        >>> pool.cached_prompts, pool.cache_nbytes  # 2 x 3 latents x 3 prompts x 4 float32
+        ({'a face': ('a face', 'a smiling face', 'a frowning face')}, 288)
+        >>> noisy, frozen = pool.draw_cached([smile.target] * 2, generator=torch.Generator().manual_seed(0))
+        >>> result = prompt_slider_loss(predict, scaler, noisy, [smile] * 2, embeddings, frozen=frozen)
+        >>> torch.allclose(result.loss, result.base_loss)  # a fresh LoRA is 0
+        True
+        ```
+        """
+        if not callable(predict):
+            raise TypeError(f"`predict` must be callable as predict(noisy_batch, conditioning), got {predict!r}.")
+        if not callable(getattr(scaler, "at", None)):
+            raise TypeError(f"`scaler` must be a SliderScaler on the denoiser, got {type(scaler).__name__}.")
+        if not isinstance(embeddings, Mapping):
+            raise TypeError(f"`embeddings` must map prompt text -> conditioning, got {type(embeddings).__name__}.")
+        if isinstance(prompt_sets, PromptSet) or not isinstance(prompt_sets, Sequence) or not prompt_sets:
+            raise TypeError(f"`prompt_sets` must be a non-empty sequence of PromptSet, got {prompt_sets!r}.")
+        if isinstance(anchors, AnchorPrompt) or not isinstance(anchors, Sequence):
+            raise TypeError(f"`anchors` must be a sequence of AnchorPrompt, got {anchors!r}.")
+        batch_size = check_int(batch_size, argument="batch_size", low=1, high=2**20)
+        columns: list[dict[str, int]] = [{} for _ in self._prompts]
+        for index, prompt_set in enumerate(prompt_sets):
+            if not isinstance(prompt_set, PromptSet):
+                raise TypeError(f"`prompt_sets[{index}]` must be a PromptSet, got {type(prompt_set).__name__}.")
+            owner = self._prompts.get(prompt_set.target)
+            if owner is None:
+                raise ValueError(
+                    f"The target prompt {prompt_set.target!r} of {_label(prompt_set, 'prompt_sets', index)} is not in "
+                    f"the rollout pool; it holds {list(self._prompts)}. Build the pool with every target prompt "
+                    "(`[s.target for s in prompt_sets]`)."
+                )
+            for prompt in prompt_set.prompts():
+                columns[owner].setdefault(prompt, len(columns[owner]))
+        for index, anchor in enumerate(anchors):
+            if not isinstance(anchor, AnchorPrompt):
+                raise TypeError(f"`anchors[{index}]` must be an AnchorPrompt, got {type(anchor).__name__}.")
+            for column in columns:
+                column.setdefault(anchor.prompt, len(column))
+        for prompt in dict.fromkeys(prompt for column in columns for prompt in column):
+            if prompt not in embeddings:
+                raise ValueError(
+                    f"`embeddings` has no entry for the prompt {prompt!r} of the prompt sets or anchors; encode every "
+                    "prompt once (PromptSliderSpec.prompts()) and pass them all."
+                )
+
+        # Row r of the cache: target block t (from offsets[t]), stored latent `position` of the block, prompt column
+        # `c`, at offsets[t] + position * len(columns[t]) + c.
+        per_target = self.trajectories_per_prompt * (self.num_steps - 1)
+        offsets = [0]
+        for column in columns:
+            offsets.append(offsets[-1] + per_target * len(column))
+        jobs = [
+            (owner * per_target + position, prompt)
+            for owner, column in enumerate(columns)
+            for position in range(per_target)
+            for prompt in column
+        ]
         storage = self._latents.device
-        rows_there, step_there = rows.to(storage), step.to(storage)
-        return NoisyBatch(
-            self._latents[rows_there, step_there - 1].to(device=self.device, dtype=self.dtype),
-            None,
-            self._noise[rows_there].to(device=self.device, dtype=self.dtype),
-            self._schedule.timesteps[step].to(self.device),
-            self._schedule.sigmas[step].to(self.device),
-        )
+        predictions: torch.Tensor | None = None
+        with torch.no_grad(), scaler.at(0.0):
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start : start + batch_size]
+                stored = torch.tensor([latent for latent, _ in chunk], dtype=torch.long)
+                batch = self._gather(stored // (self.num_steps - 1), stored % (self.num_steps - 1) + 1)
+                conditioning = stack_conditioning([embeddings[prompt] for _, prompt in chunk])
+                prediction = _check_prediction(
+                    predict(batch, _move_conditioning(conditioning, self.device)), batch, which="cached frozen pass"
+                )
+                if predictions is None:
+                    predictions = torch.empty(
+                        (len(jobs), *prediction.shape[1:]), dtype=prediction.dtype, device=storage
+                    )
+                predictions[start : start + len(chunk)] = prediction.detach().to(storage)
+        self._cache = _PredictionCache(predictions, tuple(columns), tuple(offsets), per_target)
+
+
+class _PredictionCache(NamedTuple):
+    """`RolloutPool.cache_predictions`'s result: the predictions (rows laid out as described there), per pool prompt
+    its cached prompts -> column, the start row of each pool prompt's block, and the stored latents per block."""
+
+    predictions: torch.Tensor
+    columns: tuple[dict[str, int], ...]
+    offsets: tuple[int, ...]
+    per_target: int
+
+
+class FrozenPredictions:
+    """The frozen base's cached predictions at the latents of one drawn batch (`RolloutPool.draw_cached`), which
+    `prompt_slider_loss(..., frozen=...)` uses instead of its frozen pass.
+
+    It keeps the cache as it was when drawn (a later `cache_predictions` call does not change it) and copies only the
+    rows a step asks for (`rows`) to the pool's device.
+
+    Attributes:
+        index (`torch.Tensor`): int64 `(batch,)` on the CPU: per sample, the stored latent it was drawn at,
+            `trajectory_row * (num_steps - 1) + step - 1`, where `trajectory_row` counts the pool's trajectories in
+            prompt order.
+    """
+
+    def __init__(
+        self,
+        cache: _PredictionCache,
+        owners: Sequence[int],
+        index: torch.Tensor,
+        *,
+        prompts: Sequence[str],
+        device: torch.device,
+    ):
+        self._cache = cache
+        self._owners = list(owners)
+        self._prompts = tuple(prompts)
+        self._device = device
+        self.index = index
+
+    def __len__(self) -> int:
+        """The number of samples of the batch."""
+        return len(self._owners)
+
+    def rows(self, pairs: Sequence[tuple[int, str]]) -> torch.Tensor:
+        """The cached predictions of `prompt` at sample `sample`'s latent, for each `(sample, prompt)` of `pairs`.
+
+        Args:
+            pairs (sequence of `(int, str)`): Sample positions in the batch and prompt texts.
+
+        Returns:
+            `torch.Tensor`: `(len(pairs), ...)` on the pool's device, in the dtype the predictions were made in.
+        """
+        cache = self._cache
+        where = []
+        for sample, prompt in pairs:
+            if not 0 <= sample < len(self._owners):
+                raise IndexError(f"sample {sample} is out of range for a batch of {len(self._owners)}.")
+            owner = self._owners[sample]
+            column = cache.columns[owner].get(prompt)
+            if column is None:
+                raise ValueError(
+                    f"The cached frozen predictions hold no prediction of the prompt {prompt!r} at the latents of the "
+                    f"target prompt {self._prompts[owner]!r} (sample {sample}); they hold "
+                    f"{list(cache.columns[owner])} there. The cache was built for other prompt sets or anchors: call "
+                    "`pool.cache_predictions` with the prompt sets and anchors you train."
+                )
+            position = int(self.index[sample]) - owner * cache.per_target
+            where.append(cache.offsets[owner] + position * len(cache.columns[owner]) + column)
+        rows = torch.tensor(where, dtype=torch.long, device=cache.predictions.device)
+        return cache.predictions.index_select(0, rows).to(self._device)
