@@ -322,6 +322,8 @@ class PromptsMode:
         sets = [prompt_set for prompt_set in sets for _ in range(prompt_set.batch_size)]
         pool = self.pools[sets[0].resolution]
         targets = [prompt_set.target for prompt_set in sets]
+        # The pool draws on the CPU (where it is stored), from the step's seed, whatever the training device.
+        generator = torch.Generator().manual_seed(generator.initial_seed())
         if run.args.cache_frozen_predictions:
             noisy, frozen = pool.draw_cached(targets, generator=generator)
         else:

@@ -235,9 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--cache_frozen_predictions",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="--mode prompts: compute the frozen base's predictions at every pooled latent once, before training, so "
-        "a step runs only the trained pass (memory: about 3x the pool's latents, on the CPU).",
+        "a step runs only the trained pass (memory: about 3x the pool's latents, on the CPU). On by default; "
+        "--no-cache_frozen_predictions runs the frozen pass at every step instead.",
     )
     data.add_argument(
         "--data_root",
