@@ -10,6 +10,7 @@ import bisect
 import dataclasses
 import itertools
 import math
+import re
 import warnings
 from collections import Counter
 
@@ -395,6 +396,61 @@ def test_unbalanced_buckets_warn_naming_backends_or_raise_when_strict():
         SliderBatchSampler(balanced, batch_size=2, strict_balance=True)
 
 
+@pytest.mark.parametrize(
+    ("backends", "warns"),
+    [
+        # A pairs-only run trains +s and -s in every batch: balanced by construction.
+        ([SliderBackend(5, slider_strength=1.0, name="pairs", paired=True)], None),
+        # Paired backends count toward both directions, so the signed buckets beside them must balance each other.
+        (
+            [
+                SliderBackend(5, slider_strength=1.0, name="pairs", paired=True),
+                SliderBackend(3, slider_strength=1.0, name="more"),
+                SliderBackend(3, slider_strength=-1.0, name="less"),
+                SliderBackend(4, name="plain"),
+            ],
+            None,
+        ),
+        (
+            [
+                SliderBackend(5, slider_strength=1.0, name="pairs", paired=True),
+                SliderBackend(3, slider_strength=1.0, name="more"),
+            ],
+            r"positive backends hold 8 samples \('pairs': 5 \(paired\), 'more': 3\).*hold 5 \('pairs': 5 \(paired\)\)",
+        ),
+        # The same 5 samples unpaired are one-sided: that warns.
+        ([SliderBackend(5, slider_strength=1.0, name="pairs")], r"positive backends hold 5 samples"),
+    ],
+    ids=["pairs only", "pairs beside balanced buckets", "pairs beside one bucket", "unpaired"],
+)
+def test_paired_backends_count_toward_both_directions(backends, warns):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sampler = SliderBatchSampler(backends, batch_size=2, seed=0)
+    messages = [str(w.message) for w in caught]
+    if warns is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and re.search(warns, messages[0]), messages
+    # The plan treats a paired backend like any backend of its sign.
+    assert {info.group for info in sampler.plan() if info.backend == "pairs"} == {"positive"}
+
+
+def test_paired_does_not_change_the_plan_or_the_saved_state():
+    # `paired` changes how a batch trains, not which indices it draws: states saved with or without it (and so
+    # states saved before the flag existed) resume the same batches.
+    unpaired = [SliderBackend(6, slider_strength=1.0, name="pairs"), SliderBackend(6, slider_strength=-1.0)]
+    paired = [dataclasses.replace(unpaired[0], paired=True), unpaired[1]]
+    old = make_sampler(unpaired, batch_size=2, seed=5)
+    batches = list(old)
+    state = old.state_dict(batches_consumed=2)
+    resumed = make_sampler(paired, batch_size=2, seed=5)
+    assert list(resumed) == batches
+    resumed.load_state_dict(state)
+    assert list(resumed) == batches[2:]
+    assert resumed.state_dict(batches_consumed=0) == {**state, "step": 2}
+
+
 def test_defaults_to_a_single_replica_without_torch_distributed():
     assert not torch.distributed.is_initialized()
     sampler = SliderBatchSampler([SliderBackend(4, slider_strength=None)], batch_size=2)
@@ -483,6 +539,24 @@ ERROR_CASES = [
         r"`dataset` of backend 'stream' must be a dataset with `__len__`",
     ),
     ("bad name", lambda: SliderBackend(3, name=""), TypeError, r"`name` of a backend must be a non-empty string"),
+    (
+        "paired neutral",
+        lambda: SliderBackend(3, name="pairs", paired=True),
+        ValueError,
+        r"backend 'pairs' is paired \(its batches train \+s and -s\) but its `slider_strength` is None",
+    ),
+    (
+        "paired zero",
+        lambda: SliderBackend(3, slider_strength=0.0, name="pairs", paired=True),
+        ValueError,
+        r"backend 'pairs' is paired.*`slider_strength` is 0.0",
+    ),
+    (
+        "paired text",
+        lambda: SliderBackend(3, slider_strength=1.0, name="pairs", paired="yes"),
+        TypeError,
+        r"`paired` of backend 'pairs' must be True or False, got 'yes'",
+    ),
     (
         "all-zero group",
         lambda: _sampler(

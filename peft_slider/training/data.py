@@ -4,9 +4,11 @@
 `SliderDataset` wraps any map-style dataset so each sample (and so each batch collated by torch's default collate)
 carries the signed strength of its backend; `batch_strength` reads it back. `SliderConcatDataset` concatenates the
 wrapped backends in the order `SliderBatchSampler` indexes them. `ImageCaptionFolder` and
-`load_simpletuner_backends` turn a SimpleTuner dataloader JSON into such backends.
+`load_simpletuner_backends` turn a SimpleTuner dataloader JSON into such backends. `read_image` (open, RGB, square)
+and `read_text` (UTF-8, with an error naming the file) are the readers the image datasets here and in
+`peft_slider.training.paired_images` share.
 
-Only torch and PIL are needed (PIL for `ImageCaptionFolder`).
+Only torch and PIL are needed (PIL for the image readers).
 """
 
 from __future__ import annotations
@@ -336,7 +338,7 @@ class ImageCaptionFolder(Dataset):
                 if not text_file.is_file():
                     missing.append(text_file.name)
                     continue
-                text = _read_text(text_file, what="The caption file").strip()
+                text = read_text(text_file, what="The caption file").strip()
                 lines = [line.strip() for line in text.splitlines() if line.strip()]
                 variants = [text] if disable_multiline_split or not lines else lines
             self.captions.append([prefix + v if prefix else v for v in variants])
@@ -351,18 +353,8 @@ class ImageCaptionFolder(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from PIL import Image
-
         path = self.paths[index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            # PIL's messages ("image file is truncated") do not say which of thousands of files is broken.
-            raise OSError(
-                f"Cannot read the image {str(path)!r} ({error}). Re-save the file or remove it from the folder."
-            ) from error
-        pixel_values = _square_tensor(image, self.resolution)
+        pixel_values = read_image(path, resolution=self.resolution)
         variants = self.captions[index]
         caption = variants[0] if len(variants) == 1 else variants[int(torch.randint(len(variants), ()).item())]
         return {"pixel_values": pixel_values, "caption": caption, "path": str(path)}
@@ -371,13 +363,79 @@ class ImageCaptionFolder(Dataset):
         return f"ImageCaptionFolder(root={str(self.root)!r}, images={len(self)}, resolution={self.resolution})"
 
 
-def _read_text(path: Path, *, what: str) -> str:
+def read_text(path: str | os.PathLike, *, what: str) -> str:
+    """Read a text file as UTF-8, with an error that names the file and says how to fix it.
+
+    Args:
+        path (`str` or `os.PathLike`): The file.
+        what (`str`): What the file is, to begin the error message with (`"The caption file"`, `` "`config`" ``).
+
+    Raises:
+        `ValueError`: the file is not UTF-8, naming the file, the reason and the byte offset.
+
+    Example:
+
+    ```py
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from peft_slider.training.data import read_text
+    >>> path = Path(tempfile.mkdtemp()) / "caption.txt"
+    >>> _ = path.write_bytes(b"caf\xe9")
+    >>> read_text(path, what="The caption file")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: The caption file '...caption.txt' is not UTF-8 text (invalid continuation byte at byte 3). Re-save it as UTF-8.
+    ```
+    """
+    path = Path(path)
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(
             f"{what} {str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}). Re-save it as UTF-8."
         ) from None
+
+
+def read_image(path: str | os.PathLike, *, resolution: int) -> torch.Tensor:
+    """Read an image as a square training tensor, the way every image dataset of this package does.
+
+    The image is converted to RGB, its shorter edge resized to `resolution` (bicubic) and center-cropped to
+    `resolution x resolution`, then returned as a float32 tensor `(3, resolution, resolution)` in [-1, 1].
+    `ImageCaptionFolder` and `peft_slider.training.paired_images.ImagePairDataset` both read their images with it, so
+    the two images of a pair are squared exactly like a folder's images.
+
+    Args:
+        path (`str` or `os.PathLike`): The image file.
+        resolution (`int`): Edge of the square output in pixels.
+
+    Raises:
+        `OSError`: the file cannot be read as an image, naming the file (PIL's own messages do not).
+
+    Example:
+
+    ```py
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> from peft_slider.training.data import read_image
+    >>> path = Path(tempfile.mkdtemp()) / "wide.png"
+    >>> Image.new("RGB", (48, 32), (255, 0, 0)).save(path)
+    >>> pixels = read_image(path, resolution=16)
+    >>> tuple(pixels.shape), pixels[:, 0, 0].tolist()
+    ((3, 16, 16), [1.0, -1.0, -1.0])
+    ```
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # PIL's messages ("image file is truncated") do not say which of thousands of files is broken.
+        raise OSError(
+            f"Cannot read the image {str(path)!r} ({error}). Re-save the file or remove it from the dataset."
+        ) from error
+    return _square_tensor(image, resolution)
 
 
 def _square_tensor(image, resolution: int) -> torch.Tensor:
@@ -540,7 +598,7 @@ def load_simpletuner_backends(
         path = Path(config)
         if not path.is_file():
             raise FileNotFoundError(f"`config` {str(path)!r} is not a file; give the dataloader JSON's path.")
-        text = _read_text(path, what="`config`")
+        text = read_text(path, what="`config`")
         try:
             entries = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
         except json.JSONDecodeError as error:

@@ -62,6 +62,12 @@ class SliderBackend:
             so its samples are still used once per epoch.
         name (`str`, *optional*, defaults to `None`):
             Name used in errors, warnings and batch infos. The sampler names an unnamed backend `backend_<i>`.
+        paired (`bool`, *optional*, defaults to `False`):
+            Every batch of this backend trains both signs, `+s` and `-s`, in one step: image pairs (the "after"
+            image at `+s`, the "before" at `-s`, see `peft_slider.training.paired_images`) or mirrored prompt sets.
+            The sampler plans it in the group of its strength's sign like any backend, but its samples count toward
+            both the positive and the negative totals of the balance check, so a pairs-only run is balanced. A paired
+            backend needs a nonzero strength.
 
     Example:
 
@@ -70,6 +76,8 @@ class SliderBackend:
     >>> backend = SliderBackend(12, slider_strength=-0.5, name="smile_minus")
     >>> backend.num_samples, backend.group, backend.strength
     (12, 'negative', -0.5)
+    >>> SliderBackend(8, slider_strength=1.0, name="smile_pairs", paired=True).group
+    'positive'
     ```
     """
 
@@ -79,6 +87,9 @@ class SliderBackend:
     )
     probability: float = field(default=1.0, metadata={"help": "Weight of the backend within its group (>= 0)."})
     name: str | None = field(default=None, metadata={"help": "Name used in errors and batch infos."})
+    paired: bool = field(
+        default=False, metadata={"help": "Every batch trains +s and -s (image pairs); balances both directions."}
+    )
 
     def __post_init__(self):
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
@@ -108,6 +119,13 @@ class SliderBackend:
             raise ValueError(
                 f"`probability` of {label} must be a finite number >= 0, got {show_value(probability)}. It weighs the "
                 "backend against the others of its group; 1 is the default."
+            )
+        if not isinstance(self.paired, bool):
+            raise TypeError(f"`paired` of {label} must be True or False, got {show_value(self.paired)}.")
+        if self.paired and not strength:
+            raise ValueError(
+                f"{label} is paired (its batches train +s and -s) but its `slider_strength` is {strength!r}. Give it "
+                "the strength s > 0 its pairs train at, or make it an ordinary neutral backend with paired=False."
             )
 
     def _label(self) -> str:
@@ -215,7 +233,8 @@ class SliderBatchSampler(Sampler[list[int]]):
         interleave_ranks (`bool`, *optional*, defaults to `False`):
             Yield the batches of all ranks, step by step, for a wrapper that shards by batch number (accelerate).
         strict_balance (`bool`, *optional*, defaults to `False`):
-            Raise instead of warning when the positive and negative backends hold different numbers of samples.
+            Raise instead of warning when the positive and negative backends hold different numbers of samples (a
+            `paired` backend counts toward both).
 
     Example:
 
@@ -321,14 +340,21 @@ class SliderBatchSampler(Sampler[list[int]]):
     def _check_balance(self, strict: bool):
         totals = {}
         for group in ("positive", "negative"):
-            members = [i for i, g in enumerate(self._groups) if SLIDER_GROUPS[g] == group]
+            # A paired backend trains both signs in every batch, so it counts toward both directions.
+            members = [i for i, g in enumerate(self._groups) if SLIDER_GROUPS[g] == group or self.backends[i].paired]
             totals[group] = (sum(self._sizes[i] for i in members), members)
         (n_pos, pos), (n_neg, neg) = totals["positive"], totals["negative"]
         if n_pos == n_neg or (not pos and not neg):
             return
 
         def listing(members):
-            return ", ".join(f"{self.names[i]!r}: {self._sizes[i]}" for i in members) or "none"
+            return (
+                ", ".join(
+                    f"{self.names[i]!r}: {self._sizes[i]}" + (" (paired)" if self.backends[i].paired else "")
+                    for i in members
+                )
+                or "none"
+            )
 
         message = (
             f"Slider buckets are unbalanced: the positive backends hold {n_pos} samples ({listing(pos)}) and the "
@@ -495,6 +521,9 @@ class SliderBatchSampler(Sampler[list[int]]):
     # ----------------------------------------------------------------------------------------------- resuming
 
     def _fingerprint(self) -> dict[str, Any]:
+        # What the plan depends on, and so what a resumed state must match. `paired` is left out on purpose, like the
+        # strength's magnitude: it changes how a batch is trained, not which indices a step draws, and states saved
+        # before it existed keep loading.
         return {
             "backends": [
                 [name, size, SLIDER_GROUPS[group], probability]
