@@ -4,6 +4,8 @@
 - `sampler`: `SliderBatchSampler`, one backend and so one signed strength per batch; resumable, sharded by rank.
 - `data`: slider datasets (`SliderDataset`, `SliderConcatDataset`, `ImageCaptionFolder`, SimpleTuner configs).
 - `objectives`: noise, targets and losses per scheduler family, and what neutral batches train.
+- `paired_images`: paired-image sliders: before / after image pairs (`load_image_pairs`, `ImagePairDataset`) trained
+  at `+s` and `-s` in one pass with the same noise (`paired_slider_loss`).
 - `scaling`: `SliderScaler`, the slider's signed strength on its adapters' scales, restored exactly.
 - `adapters`: which adapters are sliders and which are frozen, and the tuner-layer helpers (names, activation, the
   `AdapterState` snapshot) the loaders and the pipeline mixin use too. Loading an assistant adapter from a file is
@@ -22,10 +24,13 @@ __all__ = [
     "FlowMatchingObjective",
     "IMAGE_EXTENSIONS",
     "ImageCaptionFolder",
+    "ImagePair",
+    "ImagePairDataset",
     "MAX_STRENGTH",
     "NEUTRAL_OBJECTIVES",
     "NeutralObjective",
     "NoisyBatch",
+    "PairedSliderLoss",
     "PromptSet",
     "PromptSliderSpec",
     "SLIDER_GROUPS",
@@ -45,9 +50,12 @@ __all__ = [
     "freeze_adapter",
     "frozen_adapter_names",
     "is_flow_matching_scheduler",
+    "load_image_pairs",
     "load_simpletuner_backends",
     "neutral_strength",
     "objective_from_scheduler",
+    "paired_noisy_batch",
+    "paired_slider_loss",
     "slider_adapter_names",
     "slider_group",
     "slider_strength",
@@ -85,6 +93,14 @@ __getattr__, __dir__ = lazy_exports(
             "neutral_strength",
             "objective_from_scheduler",
         ],
+        "paired_images": [
+            "ImagePair",
+            "ImagePairDataset",
+            "PairedSliderLoss",
+            "load_image_pairs",
+            "paired_noisy_batch",
+            "paired_slider_loss",
+        ],
         "sampler": ["SLIDER_GROUPS", "SliderBackend", "SliderBatchInfo", "SliderBatchSampler", "slider_group"],
         "scaling": ["MAX_STRENGTH", "SliderScaler", "Strength", "slider_strength"],
         "text_prompts": ["ACTIONS", "AnchorPrompt", "PromptSet", "PromptSliderSpec"],
@@ -120,6 +136,14 @@ if TYPE_CHECKING:
         is_flow_matching_scheduler,
         neutral_strength,
         objective_from_scheduler,
+    )
+    from .paired_images import (
+        ImagePair,
+        ImagePairDataset,
+        PairedSliderLoss,
+        load_image_pairs,
+        paired_noisy_batch,
+        paired_slider_loss,
     )
     from .sampler import (
         SLIDER_GROUPS,
