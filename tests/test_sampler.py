@@ -680,9 +680,10 @@ def test_a_failed_load_leaves_the_sampler_unchanged():
 # Docstring examples run in tests/test_docs.py.
 
 
-@pytest.mark.parametrize("module", ["sampler", "data"])
+@pytest.mark.parametrize("module", ["sampler", "data", "paired_images"])
 def test_module_imports_only_torch_and_the_standard_library(module):
-    # The sampler and the data helpers must not pull diffusers, peft or transformers (PIL is imported lazily).
+    # The sampler, the data helpers and the image pairs must not pull diffusers, peft or transformers (PIL is
+    # imported lazily).
     import ast
     import sys
     from pathlib import Path

@@ -4,6 +4,8 @@
 - `sampler`: `SliderBatchSampler`, one backend and so one signed strength per batch; resumable, sharded by rank.
 - `data`: slider datasets (`SliderDataset`, `SliderConcatDataset`, `ImageCaptionFolder`, SimpleTuner configs).
 - `objectives`: noise, targets and losses per scheduler family, and what neutral batches train.
+- `paired_images`: paired-image sliders: before / after image pairs (`load_image_pairs`, `ImagePairDataset`) trained
+  at `+s` and `-s` in one pass with the same noise (`paired_slider_loss`).
 - `scaling`: `SliderScaler`, the slider's signed strength on its adapters' scales, restored exactly.
 - `text_prompts`: text-prompt sliders: the prompt sets (`PromptSet`, `AnchorPrompt`, `PromptSliderSpec`), the
   objective (`prompt_slider_loss`: one frozen and one trained pass toward `guided_target`) and the base model's
@@ -29,11 +31,14 @@ __all__ = [
     "FrozenPredictions",
     "IMAGE_EXTENSIONS",
     "ImageCaptionFolder",
+    "ImagePair",
+    "ImagePairDataset",
     "MAX_STRENGTH",
     "NEUTRAL_OBJECTIVES",
     "NeutralObjective",
     "NoisyBatch",
     "PROMPT_FILE_FORMATS",
+    "PairedSliderLoss",
     "PromptFileError",
     "PromptSet",
     "PromptSliderLoss",
@@ -58,10 +63,13 @@ __all__ = [
     "frozen_adapter_names",
     "guided_target",
     "is_flow_matching_scheduler",
+    "load_image_pairs",
     "load_prompt_slider",
     "load_simpletuner_backends",
     "neutral_strength",
     "objective_from_scheduler",
+    "paired_noisy_batch",
+    "paired_slider_loss",
     "prompt_slider_loss",
     "repeat_noisy",
     "rollout",
@@ -103,6 +111,14 @@ __getattr__, __dir__ = lazy_exports(
             "is_flow_matching_scheduler",
             "neutral_strength",
             "objective_from_scheduler",
+        ],
+        "paired_images": [
+            "ImagePair",
+            "ImagePairDataset",
+            "PairedSliderLoss",
+            "load_image_pairs",
+            "paired_noisy_batch",
+            "paired_slider_loss",
         ],
         "prompt_files": ["PROMPT_FILE_FORMATS", "PromptFileError", "load_prompt_slider", "save_prompt_slider"],
         "sampler": ["SLIDER_GROUPS", "SliderBackend", "SliderBatchInfo", "SliderBatchSampler", "slider_group"],
@@ -154,6 +170,14 @@ if TYPE_CHECKING:
         is_flow_matching_scheduler,
         neutral_strength,
         objective_from_scheduler,
+    )
+    from .paired_images import (
+        ImagePair,
+        ImagePairDataset,
+        PairedSliderLoss,
+        load_image_pairs,
+        paired_noisy_batch,
+        paired_slider_loss,
     )
     from .prompt_files import (
         PROMPT_FILE_FORMATS,

@@ -380,11 +380,11 @@ def read_text(path: str | os.PathLike, *, what: str) -> str:
     >>> from pathlib import Path
     >>> from peft_slider.training.data import read_text
     >>> path = Path(tempfile.mkdtemp()) / "caption.txt"
-    >>> _ = path.write_bytes(b"caf\xe9")
+    >>> _ = path.write_bytes(b"caf\\xe9")
     >>> read_text(path, what="The caption file")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: The caption file '...caption.txt' is not UTF-8 text (invalid continuation byte at byte 3). Re-save it as UTF-8.
+    ValueError: The caption file '...caption.txt' is not UTF-8 text (unexpected end of data at byte 3). Re-save it as UTF-8.
     ```
     """
     path = Path(path)
