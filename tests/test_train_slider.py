@@ -366,11 +366,14 @@ def test_neutral_objectives_in_the_trainer(tmp_path, mode, expected):
     assert [(r["backend"], r["trained_strength"], r["target"]) for r in log_records(tmp_path)] == expected
 
 
-def test_training_options_run_together(tmp_path):
+@pytest.mark.parametrize("mode", ["images", "prompts", "pairs"])
+def test_training_options_run_together(tmp_path, mode):
     # Posterior sampling, gradient accumulation, gradient checkpointing (backward inside the strength context) and
-    # bf16 autocast with float32 slider weights.
+    # bf16 autocast with float32 slider weights, in every mode.
     result = run(
         tmp_path,
+        "--mode",
+        mode,
         "--max_train_steps",
         "2",
         "--latent_sampling",
@@ -386,7 +389,9 @@ def test_training_options_run_together(tmp_path):
         "1",
     )
     records = log_records(tmp_path)
-    assert [(r["step"], r["batch"]) for r in records] == [(1, 1), (2, 3)]  # two batches per optimizer step
+    # Two batches per optimizer step: the images mode has 6 batches per epoch, the pairs mode 2, the prompts mode 1.
+    expected = {"images": [(1, 0, 1), (2, 0, 3)], "pairs": [(1, 0, 1), (2, 1, 1)], "prompts": [(1, 1, 0), (2, 3, 0)]}
+    assert [(r["step"], r["epoch"], r["batch"]) for r in records] == expected[mode]
     slider_params = [p for n, p in result.pipeline.transformer.named_parameters() if ".slider." in n]
     assert slider_params and all(p.dtype == torch.float32 and p.requires_grad for p in slider_params)
     assert result.pipeline.transformer.dtype == torch.bfloat16
@@ -465,7 +470,8 @@ def test_mode_learns_a_signed_monotonic_direction(tmp_path, mode):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
     assert (tmp_path / "sweep.png").is_file()
     records = log_records(tmp_path)
-    assert {r["trained_strength"] for r in records} == {1.0}  # each step trains +s and -s in one pass
+    # Each step trains +s and -s in one pass (the toy pairs at +/-2: the sweep's ends are the pairs themselves).
+    assert {r["trained_strength"] for r in records} == {2.0 if mode == "pairs" else 1.0}
     assert records[-1]["loss"] < records[-1]["base_loss"]
 
 
@@ -533,7 +539,8 @@ def test_two_process_gloo_run_trains_the_planned_strengths(tmp_path, mode):
     assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
     if mode != "images":
         # One paired backend: every step trains +s and -s together, on each rank's own share of it.
-        assert {(r["backend"], r["trained_strength"]) for r in records} == {(records[0]["backend"], 1.0)}
+        strength = 2.0 if mode == "pairs" else 1.0
+        assert {(r["backend"], r["trained_strength"]) for r in records} == {(records[0]["backend"], strength)}
         return
     # Per step, both ranks train one backend; a global batch of 2 x 4 empties an 8-image backend in one step.
     backends = SliderConcatDataset(load_simpletuner_backends(tmp_path / "toy" / "data" / "multidatabackend.json"))

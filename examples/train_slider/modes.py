@@ -198,7 +198,11 @@ class PairsMode:
         run, args = self.run, self.run.args
         with run.usage("--pairs", args.pairs, OSError):
             dataset = load_image_pairs(
-                args.pairs, resolution=args.resolution, slider_strength=args.pair_strength, name="pairs"
+                args.pairs,
+                resolution=args.resolution,
+                slider_strength=args.pair_strength,
+                caption=args.pair_caption,
+                name="pairs",
             )
         logger.info("Pairs: %d from %s, trained at +/-%s", len(dataset), args.pairs, args.pair_strength)
         samples: list[dict[str, Any]] = []

@@ -65,6 +65,9 @@ TOY_DEFAULTS = {
     "checkpointing_steps": 300,
     "rollout_steps": 8,
     "rollout_trajectories": 4,
+    # The toy pairs are the concept's full extent: trained at +/-2, the sweep's ends are the pairs themselves and +/-1
+    # is half way. Trained at +/-1 the tiny slider reaches the pairs at +/-1 and saturates beyond.
+    "pair_strength": 2.0,
 }
 # What a run on a real model uses when an option is not given.
 REAL_DEFAULTS = {
@@ -77,6 +80,7 @@ REAL_DEFAULTS = {
     "checkpointing_steps": 500,
     "rollout_steps": 30,
     "rollout_trajectories": 8,
+    "pair_strength": 1.0,
 }
 # The options that decide what a run trains: a checkpoint resumes only into a run with the same values. Output,
 # checkpointing, validation and logging options, and the length of the run, may change between sessions.
@@ -92,6 +96,7 @@ RUN_OPTIONS = (
     "dataloader_config",
     "pairs",
     "pair_strength",
+    "pair_caption",
     "prompts_file",
     "rollout_steps",
     "rollout_trajectories",
@@ -211,7 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Default: the toy pairs.",
     )
     data.add_argument(
-        "--pair_strength", type=float, default=1.0, help="--mode pairs: after trains at +s, before at -s (s > 0)."
+        "--pair_strength",
+        type=float,
+        default=None,
+        help="--mode pairs: after trains at +s, before at -s (s > 0; default 1; toy 2).",
+    )
+    data.add_argument(
+        "--pair_caption",
+        type=str,
+        default=None,
+        help="--mode pairs: the caption of pairs without a <name>.txt caption file.",
     )
     data.add_argument(
         "--prompts_file",
