@@ -360,7 +360,7 @@ BAD_INPUTS = [
         {**PAIR, "m.json": '[{"before": "before/a.png", "after": "after/a.png", "after": "after/b.png"}]'},
         _load("m.json", caption=""),
         ValueError,
-        r"'.*m\.json': the field 'after' occurs twice \('after/a\.png' and 'after/b\.png'\)",
+        r"'.*m\.json': an object has the field `after` twice \('after/a\.png' and 'after/b\.png'\)",
     ),
     ("json syntax", {**PAIR, "m.json": "[{"}, _load("m.json"), ValueError, r"'.*m\.json' is not valid JSON: .*line 1"),
     ("json empty", {**PAIR, "m.json": "[]"}, _load("m.json"), ValueError, r"'.*m\.json' holds no image pair"),

@@ -259,6 +259,11 @@ def test_resume_mid_epoch_and_across_epochs_matches_the_uninterrupted_run(tmp_pa
     run(resumed, *common, "--resume_from_checkpoint", "latest")
 
     full, tail = log_records(straight), log_records(resumed)
+    # An images run records no mode and no other mode's options: its identity is what it was before the modes were
+    # added, so older checkpoints resume.
+    identity = json.loads((straight / "checkpoint-5" / "training_state.json").read_text())["run"]
+    added = {"mode", *(name for names in train_slider.MODE_OPTIONS.values() for name in names)}
+    assert set(identity) == set(train_slider.RUN_OPTIONS) - added
     assert [r["step"] for r in tail] == [6, 7, 8]
     keys = ("step", "epoch", "batch", "backend", "batch_strength", "trained_strength")
     assert [[r[k] for k in keys] for r in tail] == [[r[k] for k in keys] for r in full[5:]]
@@ -484,11 +489,29 @@ def test_mode_resumes_bit_for_bit(tmp_path, mode):
     resume_copy(straight, resumed, "checkpoint-3")
     run(resumed, *common, "--resume_from_checkpoint", "latest")
     full, tail = log_records(straight), log_records(resumed)
+    # The run's identity holds the mode and its own options only.
+    identity = json.loads((straight / "checkpoint-3" / "training_state.json").read_text())["run"]
+    other = {"pairs": "prompts", "prompts": "pairs"}[mode]
+    assert identity["mode"] == mode and not set(train_slider.MODE_OPTIONS[other]) & set(identity)
+    assert set(train_slider.MODE_OPTIONS[mode]) <= set(identity)
     assert [r["step"] for r in tail] == [4, 5, 6]
     assert [r["loss"] for r in tail] == [r["loss"] for r in full[3:]]
     expected = lora_state(straight)
     for key, value in lora_state(resumed).items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
+
+
+def test_cached_frozen_predictions_give_the_same_losses(tmp_path):
+    # By default the frozen base's predictions at the pooled latents are computed once, before training; without the
+    # cache a frozen pass runs every step. The draws are the same, so each step's loss and base loss match.
+    arguments = ["--mode", "prompts", "--max_train_steps", "3", "--validation_prompts", ""]
+    run(tmp_path / "plain", *arguments, "--no-cache_frozen_predictions")
+    run(tmp_path / "cached", *arguments)
+    plain, cached = ([(r["loss"], r["base_loss"]) for r in log_records(tmp_path / n)] for n in ("plain", "cached"))
+    assert len(plain) == len(cached) == 3
+    # The frozen predictions come from differently composed batches: float32 rounding only.
+    torch.testing.assert_close(torch.tensor(cached), torch.tensor(plain), rtol=1e-4, atol=1e-7)
+    assert len({loss for loss, _ in plain}) == 3  # the slider trains: not one repeated value
 
 
 def test_prompts_mode_reads_a_bad_prompt_file_as_a_usage_error(tmp_path, capsys):

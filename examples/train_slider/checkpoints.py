@@ -239,10 +239,18 @@ def _step_of(path: Path) -> int:
 def run_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """`--option`: saved value vs current value, for each option of the run's identity that differs."""
     names = sorted(set(saved) | set(current))
+    if saved.get("mode") != current.get("mode"):
+        names = ["mode"]  # another mode reads other options: the mode is the difference that matters
+
+    def shown(run: dict[str, Any], name: str) -> str:
+        if name == "mode":
+            return repr(run.get("mode", "images"))  # an images run records no mode
+        return repr(run[name]) if name in run else "not set"
+
     return [
-        f"`--{name}` {saved.get(name)!r} in the checkpoint, {current.get(name)!r} now"
+        f"`--{name}` {shown(saved, name)} in the checkpoint, {shown(current, name)} now"
         for name in names
-        if saved.get(name) != current.get(name)
+        if name not in saved or name not in current or saved[name] != current[name]
     ]
 
 

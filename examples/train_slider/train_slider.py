@@ -140,6 +140,11 @@ RUN_OUTPUTS = (
     "concept_statistic.json",
     "validation",
 )
+# The options only one mode reads.
+MODE_OPTIONS = {
+    "pairs": ("pairs", "pair_strength", "pair_caption"),
+    "prompts": ("prompts_file", "rollout_steps", "rollout_trajectories", "cache_frozen_predictions"),
+}
 # Each mode's data option; without it the mode's toy data is used.
 DATA_OPTIONS = {"images": "dataloader_config", "pairs": "pairs", "prompts": "prompts_file"}
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -477,8 +482,15 @@ def _usage(option: str, value: Any, *errors: type[Exception]):
 
 
 def run_identity(args: argparse.Namespace) -> dict[str, Any]:
-    """The options that decide what the run trains, as the user gave them (`RUN_OPTIONS`); stored in checkpoints."""
-    return {name: getattr(args, name) for name in RUN_OPTIONS}
+    """The options that decide what the run trains, as the user gave them (`RUN_OPTIONS`); stored in checkpoints.
+
+    A mode's own options count only in that mode, and `--mode images` is recorded as no `mode` at all: an images
+    run's identity is what it was before the modes existed, so its older checkpoints still resume.
+    """
+    unused = {name for mode, names in MODE_OPTIONS.items() if mode != args.mode for name in names}
+    if args.mode == "images":
+        unused.add("mode")
+    return {name: getattr(args, name) for name in RUN_OPTIONS if name not in unused}
 
 
 def _check_output_dir(args: argparse.Namespace, run: dict[str, Any]) -> None:

@@ -600,7 +600,7 @@ def load_simpletuner_backends(
             raise FileNotFoundError(f"`config` {str(path)!r} is not a file; give the dataloader JSON's path.")
         text = read_text(path, what="`config`")
         try:
-            entries = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+            entries = json.loads(text, object_pairs_hook=refuse_duplicate_keys)
         except json.JSONDecodeError as error:
             raise ValueError(f"`config` {str(path)!r} is not valid JSON: {error}.") from None
         except ValueError as error:  # a duplicate key
@@ -702,13 +702,31 @@ def _load_entry(
     )
 
 
-def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # JSON readers keep the last of two equal keys without a word: a flipped `slider_strength` would go unnoticed.
+def refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A `json.loads` `object_pairs_hook` that refuses a key given twice in one object (a ValueError naming the key,
+    both values and the object's `id` when it has one), where JSON readers keep the last without a word.
+
+    Shared by the readers of JSON files in `training` (SimpleTuner configs, image-pair manifests).
+
+    Example:
+
+    ```py
+    >>> import json
+    >>> from peft_slider.training.data import refuse_duplicate_keys
+    >>> json.loads('{"id": "smile_plus", "slider_strength": 1.0, "slider_strength": -1.0}',
+    ...            object_pairs_hook=refuse_duplicate_keys)
+    Traceback (most recent call last):
+    ...
+    ValueError: backend 'smile_plus' has the field `slider_strength` twice (1.0 and -1.0); JSON keeps only the last one. Keep one of them.
+
+    ```
+    """
+    # A flipped `slider_strength` or a second "after" would otherwise go unnoticed.
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
             owner = dict(pairs).get("id")
-            where = f"backend {owner!r}" if isinstance(owner, str) else "an object of the config"
+            where = f"backend {owner!r}" if isinstance(owner, str) else "an object"
             raise ValueError(
                 f"{where} has the field `{key}` twice ({result[key]!r} and {value!r}); JSON keeps only the last one. "
                 "Keep one of them."

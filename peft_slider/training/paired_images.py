@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..utils.checks import check_int, is_finite_number, show_value
-from .data import IMAGE_EXTENSIONS, read_image, read_text
+from .data import IMAGE_EXTENSIONS, read_image, read_text, refuse_duplicate_keys
 from .objectives import DenoisingObjective, NoisyBatch
 from .sampler import SliderBackend
 
@@ -467,19 +467,6 @@ class _Row(NamedTuple):
     fields: dict[str, Any]
 
 
-def _refuse_duplicate_keys(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    # JSON readers keep the last of two equal keys without a word: a second "after" would silently win.
-    result: dict[str, Any] = {}
-    for key, value in items:
-        if key in result:
-            raise ValueError(
-                f"the field {key!r} occurs twice ({result[key]!r} and {value!r}); JSON keeps only the last one. Keep "
-                "one of them."
-            )
-        result[key] = value
-    return result
-
-
 def _manifest_text(path: Path) -> str:
     # Spreadsheets save CSV with a byte-order mark; it would otherwise become part of the first column's name.
     return read_text(path, what="The manifest").removeprefix("\ufeff")
@@ -487,7 +474,7 @@ def _manifest_text(path: Path) -> str:
 
 def _json_rows(path: Path) -> list[_Row]:
     try:
-        data = json.loads(_manifest_text(path), object_pairs_hook=_refuse_duplicate_keys)
+        data = json.loads(_manifest_text(path), object_pairs_hook=refuse_duplicate_keys)
     except json.JSONDecodeError as error:
         raise ValueError(f"The manifest {str(path)!r} is not valid JSON: {error}.") from None
     except ValueError as error:  # a duplicate key
