@@ -596,6 +596,37 @@ def test_rollout_pool_is_deterministic_and_draws_intermediate_steps(prediction_t
         assert alone.timesteps.item() == a.timesteps[row].item()
 
 
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_rollouts_are_the_base_models_whatever_the_slider(prediction_type):
+    # The documented choice: trajectories are sampled with the slider at 0. A pool built on a model whose slider is
+    # far from zero (random LoRA weights) is the pool of the same model with the adapter disabled, bit for bit, and
+    # the slider's scale is left as it was.
+    family = Family(prediction_type)
+    model = family.build(init_lora_weights=False)
+    embeddings = embeddings_for(family.width)
+    scaler = SliderScaler(model)
+    with scaler.at(1.5):  # a training loop may call it inside a strength block
+        pool = family.pool(model, embeddings, num_steps=4)
+        draw = pool.draw([TARGET] * 8, generator=torch.Generator().manual_seed(0))
+        scales = {name: dict(layer.scaling) for name, layer in model.named_modules() if hasattr(layer, "scaling")}
+    assert {scale for layer in scales.values() for scale in layer.values()} == {1.5}
+    model.disable_adapters()
+    base = family.pool(model, embeddings, num_steps=4).draw([TARGET] * 8, generator=torch.Generator().manual_seed(0))
+    model.enable_adapters()
+    torch.testing.assert_close(draw.noisy, base.noisy, rtol=0, atol=0)
+
+    # The control: the slider does move a rollout taken at its strength (what Concept Sliders does), so the equality
+    # above is the pool's choice, not a slider too small to matter.
+    def roll(strength):
+        with torch.no_grad(), scaler.at(strength):
+            conditioning = stack_conditioning([embeddings[TARGET]] * 8)
+            return rollout(
+                family.predict(model), family.objective, conditioning, draw.noise, num_steps=4, stop_steps=[3] * 8
+            ).noisy
+
+    assert not torch.allclose(roll(1.5), roll(0.0), atol=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The cache of frozen predictions: the same losses and gradients, without the frozen pass
 
