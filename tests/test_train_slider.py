@@ -475,8 +475,8 @@ def test_mode_learns_a_signed_monotonic_direction(tmp_path, mode):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
     assert (tmp_path / "sweep.png").is_file()
     records = log_records(tmp_path)
-    # Each step trains +s and -s in one pass (the toy pairs at +/-2: the sweep's ends are the pairs themselves).
-    assert {r["trained_strength"] for r in records} == {2.0 if mode == "pairs" else 1.0}
+    # Each step trains +s and -s in one pass; the toy modes train at +/-2, so the sweep -2..2 stays in the trained range.
+    assert {r["trained_strength"] for r in records} == {2.0}
     assert records[-1]["loss"] < records[-1]["base_loss"]
 
 
@@ -562,7 +562,7 @@ def test_two_process_gloo_run_trains_the_planned_strengths(tmp_path, mode):
     assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
     if mode != "images":
         # One paired backend: every step trains +s and -s together, on each rank's own share of it.
-        strength = 2.0 if mode == "pairs" else 1.0
+        strength = 2.0
         assert {(r["backend"], r["trained_strength"]) for r in records} == {(records[0]["backend"], strength)}
         return
     # Per step, both ranks train one backend; a global batch of 2 x 4 empties an 8-image backend in one step.

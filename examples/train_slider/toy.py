@@ -149,7 +149,7 @@ prompt_sets:
     guidance_scale: 1.0
     resolution: {resolution}
     batch_size: 2
-    strength: 1.0
+    strength: 2.0
     mirror: true
 """
 

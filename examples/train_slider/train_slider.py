@@ -66,7 +66,8 @@ TOY_DEFAULTS = {
     "rollout_steps": 8,
     "rollout_trajectories": 4,
     # The toy pairs are the concept's full extent: trained at +/-2, the sweep's ends are the pairs themselves and +/-1
-    # is half way. Trained at +/-1 the tiny slider reaches the pairs at +/-1 and saturates beyond.
+    # is half way. Trained at +/-1 the tiny slider reaches the pairs at +/-1 and saturates beyond. (The toy prompt
+    # set trains at 2 for the same reason: its `strength` in toy.PROMPTS_YAML.)
     "pair_strength": 2.0,
 }
 # What a run on a real model uses when an option is not given.
