@@ -144,7 +144,6 @@ def test_stack_conditioning_is_the_inverse_of_the_trainers_split():
     lists = [{"prompt_embeds": [torch.randn(n, 8, generator=generator)]} for n in (5, 9)]
     batch = stack_conditioning(lists)
     assert [tuple(t.shape) for t in batch["prompt_embeds"]] == [(5, 8), (9, 8)]
-    assert batch == families.collate_conditioning(lists)
     for item, back in zip(lists, families.split_conditioning(batch)):
         assert back["prompt_embeds"][0] is item["prompt_embeds"][0]
 

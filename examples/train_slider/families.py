@@ -240,19 +240,8 @@ def family_of(pipe: Any) -> Family:
     )
 
 
-def collate_conditioning(items: list[Conditioning]) -> Conditioning:
-    """Batch per-sample cached embeddings: tensors are stacked, lists (Z-Image) stay lists."""
-    batch: Conditioning = {}
-    for key, value in items[0].items():
-        if isinstance(value, list):
-            batch[key] = [item[key][0] for item in items]
-        else:
-            batch[key] = torch.stack([item[key] for item in items])
-    return batch
-
-
 def split_conditioning(cond: Conditioning) -> list[Conditioning]:
-    """The inverse of batching: one dict per caption, tensors without the batch axis, Z-Image lists of one."""
+    """The inverse of `peft_slider.training.stack_conditioning`: one dict per caption, tensors without the batch axis, Z-Image lists of one."""
     size = len(next(iter(cond.values())))
     return [
         {key: [value[i]] if isinstance(value, list) else value[i] for key, value in cond.items()} for i in range(size)

@@ -19,8 +19,10 @@ import logging
 from typing import Any
 
 import torch
-from families import Conditioning, collate_conditioning, encode_images, move_conditioning, split_conditioning
+from families import Conditioning, encode_images, move_conditioning, split_conditioning
 from torch.utils.data import Dataset
+
+from peft_slider.training import stack_conditioning
 
 logger = logging.getLogger("train_slider")
 
@@ -47,7 +49,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     for key, value in samples[0].items():
         values = [sample[key] for sample in samples]
         if key == "conditioning":
-            batch[key] = collate_conditioning(values)
+            batch[key] = stack_conditioning(values)
         elif isinstance(value, torch.Tensor):
             batch[key] = torch.stack(values)
         elif key == "slider_strength":
@@ -83,11 +85,30 @@ def encode_captions(run: Any, captions: list[str], *, chunk: int = 16) -> dict[s
 
 
 @torch.no_grad()
-def encode_latents(run: Any, pixels: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """VAE latents of a chunk of images: the posterior means, and the stds when `--latent_sampling sample`."""
-    mean, std = encode_images(run.pipe.vae, pixels.to(run.device))
-    stds = std.float().cpu().unbind(0) if run.args.latent_sampling == "sample" else None
-    return list(mean.float().cpu().unbind(0)), stds
+def cache_dataset(run: Any, dataset: Any, images: dict[str, str], *, chunk: int = 16) -> CachedSamples:
+    """Every sample of `dataset` as cached tensors: the VAE latents of its images (`images` maps a cached name to the
+    sample's image key; posterior stds too with `--latent_sampling sample`), its caption's embeddings (each distinct
+    caption encoded once) and its `slider_strength`. Indexed like `dataset`, so the same sampler drives both."""
+    from tqdm.auto import tqdm
+
+    samples: list[dict[str, Any]] = []
+    captions: list[str] = []
+    for start in tqdm(range(0, len(dataset), chunk), desc="cache latents", leave=False, disable=run.args.quiet):
+        items = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
+        rows: list[dict[str, Any]] = [{} for _ in items]
+        for name, key in images.items():
+            mean, std = encode_images(run.pipe.vae, torch.stack([item[key] for item in items]).to(run.device))
+            for row, value in zip(rows, mean.float().cpu().unbind(0)):
+                row[name] = value
+            if run.args.latent_sampling == "sample":
+                for row, value in zip(rows, std.float().cpu().unbind(0)):
+                    row[f"{name}_std"] = value
+        samples += [{**row, "slider_strength": float(item["slider_strength"])} for row, item in zip(rows, items)]
+        captions += [item["caption"] for item in items]
+    embeds = encode_captions(run, captions)
+    for sample, caption in zip(samples, captions):
+        sample["conditioning"] = embeds[caption]
+    return CachedSamples(samples)
 
 
 def sample_latents(run: Any, batch: dict[str, Any], key: str, generator: torch.Generator) -> torch.Tensor:
@@ -99,8 +120,8 @@ def sample_latents(run: Any, batch: dict[str, Any], key: str, generator: torch.G
     return latents.to(run.weight_dtype)
 
 
-def _predictor(run: Any, cond: Conditioning):
-    """`predict(noisy)`: the denoiser on `cond`. Under no_grad (the frozen base) the unwrapped denoiser is called, so
+def _predictor(run: Any, cond: Conditioning | None = None):
+    """`predict(noisy[, conditioning])`: the denoiser on `conditioning`, or on `cond` when none is given. Under no_grad (the frozen base) the unwrapped denoiser is called, so
     a DDP wrapper only sees the passes that train."""
 
     def predict(noisy, conditioning: Conditioning | None = None):
@@ -123,8 +144,6 @@ class ImagesMode:
         self.run = run
 
     def load(self) -> tuple[list[Any], Dataset]:
-        from tqdm.auto import tqdm
-
         from peft_slider.training import SliderConcatDataset, load_simpletuner_backends
 
         run, args = self.run, self.run.args
@@ -135,21 +154,7 @@ class ImagesMode:
         dataset = SliderConcatDataset(backends)
         listing = ", ".join(f"{b.name} ({len(b)} samples, strength {b.slider_strength})" for b in backends)
         logger.info("Backends: %s", listing)
-        samples: list[dict[str, Any]] = []
-        chunk = 16
-        for start in tqdm(range(0, len(dataset), chunk), desc="cache latents", leave=False, disable=args.quiet):
-            items = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
-            means, stds = encode_latents(run, torch.stack([item["pixel_values"] for item in items]))
-            for index, item in enumerate(items):
-                sample = {"latents": means[index], "caption": item["caption"]}
-                if stds is not None:
-                    sample["latents_std"] = stds[index]
-                sample["slider_strength"] = float(item["slider_strength"])
-                samples.append(sample)
-        embeds = encode_captions(run, [sample["caption"] for sample in samples])
-        for sample in samples:
-            sample["conditioning"] = embeds[sample.pop("caption")]
-        return dataset.backends, CachedSamples(samples)
+        return dataset.backends, cache_dataset(run, dataset, {"latents": "pixel_values"})
 
     def loss(self, batch: dict[str, Any], step_plan: Any, generator: torch.Generator, *, measure_base: bool):
         """One forward and backward pass at the batch's strength; returns the loss and, with `measure_base`, the
@@ -191,8 +196,6 @@ class PairsMode:
         self.run = run
 
     def load(self) -> tuple[list[Any], Dataset]:
-        from tqdm.auto import tqdm
-
         from peft_slider.training import load_image_pairs
 
         run, args = self.run, self.run.args
@@ -205,25 +208,7 @@ class PairsMode:
                 name="pairs",
             )
         logger.info("Pairs: %d from %s, trained at +/-%s", len(dataset), args.pairs, args.pair_strength)
-        samples: list[dict[str, Any]] = []
-        chunk = 8
-        for start in tqdm(range(0, len(dataset), chunk), desc="cache latents", leave=False, disable=args.quiet):
-            items = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
-            encoded = {
-                key: encode_latents(run, torch.stack([item[key] for item in items])) for key in ("after", "before")
-            }
-            for index, item in enumerate(items):
-                sample: dict[str, Any] = {"caption": item["caption"]}
-                for key, (means, stds) in encoded.items():
-                    sample[key] = means[index]
-                    if stds is not None:
-                        sample[f"{key}_std"] = stds[index]
-                sample["slider_strength"] = float(item["slider_strength"])
-                samples.append(sample)
-        embeds = encode_captions(run, [sample["caption"] for sample in samples])
-        for sample in samples:
-            sample["conditioning"] = embeds[sample.pop("caption")]
-        return [dataset.backend], CachedSamples(samples)
+        return [dataset.backend], cache_dataset(run, dataset, {"after": "after", "before": "before"}, chunk=8)
 
     def loss(self, batch: dict[str, Any], step_plan: Any, generator: torch.Generator, *, measure_base: bool):
         from peft_slider.training import paired_slider_loss
@@ -292,7 +277,7 @@ class PromptsMode:
                 len(targets),
             )
             self.pools[resolution] = RolloutPool.build(
-                _predictor(run, {}),
+                _predictor(run),
                 run.objective,
                 run.scaler,
                 self.embeddings,
@@ -308,7 +293,7 @@ class PromptsMode:
                 # The prepared denoiser runs its frozen passes under autocast (mixed precision): so does the cache.
                 with run.accelerator.autocast():
                     self.pools[resolution].cache_predictions(
-                        _predictor(run, {}),
+                        _predictor(run),
                         run.scaler,
                         self.embeddings,
                         [self.spec.prompt_sets[i] for i in indices],
@@ -333,7 +318,7 @@ class PromptsMode:
         else:
             noisy, frozen = pool.draw(targets, generator=generator), None
         result = prompt_slider_loss(
-            _predictor(run, {}),
+            _predictor(run),
             run.scaler,
             noisy,
             sets,

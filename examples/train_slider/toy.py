@@ -248,10 +248,10 @@ def build_toy_base(
     Returns:
         `pathlib.Path`: `folder`.
     """
-    from families import collate_conditioning, encode_images, family_of, split_conditioning
+    from families import encode_images, family_of, split_conditioning
 
     from peft_slider.testing import build_tiny_pipeline, tiny_call_kwargs
-    from peft_slider.training import objective_from_scheduler
+    from peft_slider.training import objective_from_scheduler, stack_conditioning
 
     pipe = build_tiny_pipeline(family_name, seed=seed)
     family = family_of(pipe)
@@ -273,7 +273,7 @@ def build_toy_base(
         for _ in _progress(range(fit_steps), f"fit tiny {family_name} denoiser", progress):
             index = torch.randperm(len(latents), generator=generator)[:batch_size].tolist()
             batch = objective.add_noise(latents[index], generator=generator)
-            cond = collate_conditioning([embeds[i] for i in index])
+            cond = stack_conditioning([embeds[i] for i in index])
             loss = objective.loss(family.predict(pipe, denoiser, batch, cond, options), batch.target)
             loss.backward()
             optimizer.step()

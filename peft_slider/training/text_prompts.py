@@ -342,10 +342,10 @@ def _move_conditioning(conditioning: dict[str, Any], device: torch.device) -> di
 def stack_conditioning(items: Sequence[PromptConditioning]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     """Batch per-prompt conditionings: tensors are stacked on a new batch axis, one-tensor lists are concatenated.
 
-    The inverse of the example trainer's `split_conditioning` (examples/train_slider/families.py), with its
-    conventions: a prompt's conditioning maps a name to a tensor without the batch axis (`prompt_embeds` of shape
-    `(tokens, width)`, `pooled_prompt_embeds` of shape `(width,)`), or to a list holding one tensor for Z-Image-style
-    variable-length features, which stay a list of per-sample tensors in the batch.
+    The inverse of the example trainer's `split_conditioning` (examples/train_slider/families.py), which batches its
+    cached embeddings with it. A prompt's conditioning maps a name to a tensor without the batch axis
+    (`prompt_embeds` of shape `(tokens, width)`, `pooled_prompt_embeds` of shape `(width,)`), or to a list holding one
+    tensor for Z-Image-style variable-length features, which stay a list of per-sample tensors in the batch.
 
     Args:
         items (sequence of `dict`): One conditioning per batch row (a prompt may repeat), all with the same names.
