@@ -750,6 +750,22 @@ class _Bomb:
         return (open, (self.path, "w"))
 
 
+def test_a_second_run_into_a_folder_in_use_stops_clearly(tmp_path):
+    # Two runs into one folder at once: the second would clean away the first one's staging folders. It stops before
+    # touching anything; the OS lock goes with the first run (also when that run is killed).
+    output = tmp_path / "out"
+    with train_slider.hold_output_dir(output):
+        (
+            output / ".slider.partial"
+        ).mkdir()  # the first run's staging of its slider files, mid-save (a cleanup would remove it)
+        with pytest.raises(ValueError, match="is in use by another training run right now"):
+            run(output, "--max_train_steps", "1", "--validation_prompts", "")
+        assert (output / ".slider.partial").is_dir() and not (output / "train_log.jsonl").exists()
+    (output / ".slider.partial").rmdir()
+    run(output, "--max_train_steps", "1", "--validation_prompts", "")  # free again once the first run has ended
+    assert (output / "train_log.jsonl").is_file()
+
+
 @pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scheduler.bin"])
 def test_resume_never_unpickles(tmp_path, name):
     # Every pickle accelerate's save_state writes, replaced by one that runs code when loaded.

@@ -1315,8 +1315,11 @@ def _run(args: argparse.Namespace, run_options: dict[str, Any]) -> TrainResult:
         # The toy models are so small that threads only add synchronisation, and on a busy machine they wait on
         # each other: one thread is several times faster. OMP_NUM_THREADS overrides this.
         torch.set_num_threads(1)
+    holder = contextlib.ExitStack()
     try:
         if accelerator.is_main_process:
+            # Before anything in the folder is touched: a second run into it would clean away this one's staging.
+            holder.enter_context(hold_output_dir(output_dir))
             clean_staging(output_dir)
         accelerator.wait_for_everyone()
         _check_output_dir(args, run_options)
@@ -1331,8 +1334,37 @@ def _run(args: argparse.Namespace, run_options: dict[str, Any]) -> TrainResult:
         run.train()
         return run.save()
     finally:
+        holder.close()
         accelerator.end_training()
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def hold_output_dir(output_dir: Path):
+    """Hold `output_dir` for this run: another run into the same folder at the same time stops with a `UsageError`.
+
+    An OS lock (`flock`) on the folder itself, so nothing is left in it, and the OS releases it when the process
+    ends, also when it is killed: a crashed run never leaves the folder locked. Where the OS has no `fcntl` (Windows),
+    nothing is held.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(output_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"`--output_dir` {str(output_dir)!r} is in use by another training run right now. Wait for it to end, "
+                "or choose another `--output_dir`."
+            ) from None
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def _toy_statistic(pipe: Any, args: argparse.Namespace, family: Family, folder: Path) -> dict[str, dict[float, float]]:
